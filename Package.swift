@@ -24,7 +24,7 @@ let package = Package(
             providers: [.apt(["libxml2-dev"])]
         ),
         .target(name: "KeelXML", dependencies: ["CLibXML2"], swiftSettings: strict),
-        .target(name: "KeelCPU", dependencies: ["KeelXML"], swiftSettings: strict),
+        .target(name: "KeelCPU", dependencies: ["KeelXML"], exclude: ["CPUMap"], swiftSettings: strict),
         .target(name: "KeelDomain", dependencies: ["KeelXML", "KeelCPU"], swiftSettings: strict),
         .target(name: "KeelSaveImage", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
