@@ -19,6 +19,8 @@ enum KeelMain {
         } catch let error as CommandFailure {
             Output.error(error.message)
             exit(error.exitCode)
+        } catch let code as ExitCode {
+            exit(code.rawValue)
         } catch let error as CleanExit {
             Keel.exit(withError: error)
         } catch {

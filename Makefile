@@ -1,0 +1,47 @@
+# Keel — the two commands a new user needs: `make demo` and `make test`.
+# Both install what they need on a fresh Debian 12 machine (as root, through apt), then build.
+
+SWIFT ?= swift
+SWIFT_FLAGS ?=
+CONFIG ?= release
+
+# Debian packages: building (libxml2), running guests (QEMU), the libvirt oracle (virsh and
+# libvirt's cpu_map), the test guest (nasm) and the compressors libvirt uses for save images.
+BUILD_PACKAGES := libxml2-dev pkg-config
+RUN_PACKAGES := qemu-system-x86 qemu-utils
+TEST_PACKAGES := $(RUN_PACKAGES) libvirt-clients libvirt-daemon-driver-qemu nasm gzip bzip2 xz-utils lzop zstd python3
+
+.PHONY: all build build-release demo test deps-build deps-demo deps-test bench interop clean
+
+all: build
+
+deps-build:
+	@scripts/apt-ensure.sh $(BUILD_PACKAGES)
+
+deps-demo: deps-build
+	@scripts/apt-ensure.sh $(RUN_PACKAGES)
+
+deps-test: deps-build
+	@scripts/apt-ensure.sh $(TEST_PACKAGES)
+
+build: deps-build
+	$(SWIFT) build $(SWIFT_FLAGS)
+
+build-release: deps-build
+	$(SWIFT) build -c release $(SWIFT_FLAGS)
+
+## make demo: the main job on built-in defaults.
+demo: deps-demo build-release
+	@scripts/demo.sh "$$($(SWIFT) build -c release --show-bin-path)/keel"
+
+## make test: every test, against real QEMU and real libvirt.
+test: deps-test
+	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
+	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
+
+## make bench: the benchmarks recorded in BENCHMARKS.md.
+bench: deps-test build-release
+	@scripts/bench-cpu.sh "$$($(SWIFT) build -c release --show-bin-path)"
+
+clean:
+	rm -rf .build
