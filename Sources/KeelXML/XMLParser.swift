@@ -88,12 +88,6 @@ public enum XMLParser {
 
     private static func convert(_ node: xmlNodePtr) -> XMLElement {
         var element = XMLElement(qualifiedName(node.pointee.name, node.pointee.ns))
-        var namespace = node.pointee.nsDef
-        while let ns = namespace {
-            let name = ns.pointee.prefix.map { "xmlns:" + string($0) } ?? "xmlns"
-            element.attributes.append(XMLAttribute(name, ns.pointee.href.map(string) ?? ""))
-            namespace = ns.pointee.next
-        }
         var attribute = node.pointee.properties
         while let attr = attribute {
             let name = qualifiedName(attr.pointee.name, attr.pointee.ns)
@@ -107,6 +101,14 @@ public enum XMLParser {
             }
             element.attributes.append(XMLAttribute(name, value))
             attribute = attr.pointee.next
+        }
+        // libxml2 keeps namespace declarations apart from attributes; libvirt writes them after
+        // the element's own attributes (<domain type='kvm' xmlns:qemu='…'>), and so does Keel.
+        var namespace = node.pointee.nsDef
+        while let ns = namespace {
+            let name = ns.pointee.prefix.map { "xmlns:" + string($0) } ?? "xmlns"
+            element.attributes.append(XMLAttribute(name, ns.pointee.href.map(string) ?? ""))
+            namespace = ns.pointee.next
         }
         var child = node.pointee.children
         var pendingText = ""
