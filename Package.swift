@@ -36,10 +36,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .executableTarget(name: "keel-bench", dependencies: ["KeelCPU"], path: "benchmarks/KeelBench", swiftSettings: strict),
         .testTarget(name: "KeelXMLTests", dependencies: ["KeelXML"]),
         .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
         .testTarget(name: "KeelDomainTests", dependencies: ["KeelDomain"]),
         .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"]),
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"]),
+        // Runs the built `keel` binary as users do.
+        .testTarget(name: "KeelCLITests", dependencies: []),
     ]
 )

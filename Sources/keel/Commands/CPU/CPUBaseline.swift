@@ -28,8 +28,8 @@ struct CPUBaseline: ParsableCommand {
     var json = false
 
     func run() throws {
-        let map = try CPUInput.map(cpuMap)
         let cpus = try CPUInput.definitions(CPUInput.cpuElements(inFile: file), as: .host, file: file)
+        let map = try CPUInput.map(cpuMap)
         let baseline: CPUDefinition
         do {
             baseline = try map.baseline(cpus, expandFeatures: features, migratable: migratable)

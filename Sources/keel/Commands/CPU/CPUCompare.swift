@@ -29,9 +29,9 @@ struct CPUCompare: ParsableCommand {
     var json = false
 
     func run() throws {
-        let map = try CPUInput.map(cpuMap)
         let cpu = try CPUInput.definitions(CPUInput.cpuElements(inFile: file), as: .auto, file: file)[0]
         let host = try CPUInput.definitions(CPUInput.cpuElements(inFile: hostFile), as: .auto, file: hostFile)[0]
+        let map = try CPUInput.map(cpuMap)
         let comparison: CPUComparison
         do {
             comparison = try map.compare(cpu, to: host)
