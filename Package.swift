@@ -28,6 +28,7 @@ let package = Package(
         .target(name: "KeelDomain", dependencies: ["KeelXML", "KeelCPU"], swiftSettings: strict),
         .target(name: "KeelSaveImage", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
+        .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP"], swiftSettings: strict),
         .executableTarget(
             name: "keel",
             dependencies: [
@@ -41,7 +42,8 @@ let package = Package(
         .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
         .testTarget(name: "KeelDomainTests", dependencies: ["KeelDomain"]),
         .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"]),
-        .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"]),
+        .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"], exclude: ["Transcripts"]),
+        .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: []),
     ]

@@ -84,7 +84,7 @@ public struct SparseBits: Sendable, Hashable {
     }
 
     /// Whether `bits` contains every bit of this feature.
-    @inlinable func isSubset(of bits: FeatureBits) -> Bool {
+    @inlinable public func isSubset(of bits: FeatureBits) -> Bool {
         for entry in entries where bits.words[entry.word] & entry.mask != entry.mask {
             return false
         }
