@@ -41,7 +41,7 @@ let package = Package(
         .testTarget(name: "KeelXMLTests", dependencies: ["KeelXML"]),
         .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
         .testTarget(name: "KeelDomainTests", dependencies: ["KeelDomain"]),
-        .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"]),
+        .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"], exclude: ["Fixtures"]),
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"], exclude: ["Transcripts"]),
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
         // Runs the built `keel` binary as users do.
