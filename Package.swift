@@ -32,7 +32,7 @@ let package = Package(
         .executableTarget(
             name: "keel",
             dependencies: [
-                "KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage",
+                "KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQEMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -2,20 +2,29 @@ import ArgumentParser
 import Glibc
 
 /// `keel`: the command-line front of Keel, with virsh-like verbs.
-struct Keel: ParsableCommand {
+struct Keel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keel",
         abstract: "A QEMU/KVM virtual machine manager that never lets a guest's CPU change underneath it.",
-        subcommands: [CPUCompare.self, CPUBaseline.self]
+        subcommands: [
+            CPUCompare.self, CPUBaseline.self,
+            DomainDefine.self, DomainStart.self, DomainList.self, DomainInfo.self, DomainDumpXML.self,
+            DomainDestroy.self, DomainUndefine.self, DomainSuspend.self, DomainResume.self,
+            DomainSave.self, DomainRestore.self,
+        ]
     )
 }
 
 @main
 enum KeelMain {
-    static func main() {
+    static func main() async {
         do {
             var command = try Keel.parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch let error as CommandFailure {
             Output.error(error.message)
             exit(error.exitCode)

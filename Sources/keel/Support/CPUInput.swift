@@ -53,6 +53,10 @@ enum CPUInput {
         if bytes.contains(0) {
             throw CommandFailure(message: "\(path) is not an XML file: it contains binary data")
         }
+        // Wrapping would hide a DOCTYPE from the parser's own check; refuse it here by name.
+        if find(Array("<!DOCTYPE".utf8), in: bytes) != nil || find(Array("<!ENTITY".utf8), in: bytes) != nil {
+            throw CommandFailure(message: "\(path): XML document type declarations (DOCTYPE, ENTITY) are not allowed")
+        }
         let wrapped = Array("<container>".utf8) + bytes + Array("</container>".utf8)
         let container: XMLElement
         do {

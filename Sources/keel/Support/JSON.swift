@@ -3,6 +3,8 @@ enum JSON {
     case null
     case bool(Bool)
     case int(Int)
+    /// A finite number; NaN and infinities are written as `null` (JSON has no spelling for them).
+    case double(Double)
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
@@ -18,6 +20,7 @@ enum JSON {
         case .null: out += "null"
         case .bool(let value): out += value ? "true" : "false"
         case .int(let value): out += String(value)
+        case .double(let value): out += value.isFinite ? String(value) : "null"
         case .string(let value): JSON.writeString(value, to: &out)
         case .array(let values):
             out += "["

@@ -1,0 +1,104 @@
+import KeelCPU
+import KeelDomain
+
+/// Builds QEMU's arguments for a domain. Everything that shapes the guest's ABI comes from the
+/// definition alone, so that a restore or incoming migration builds the same machine as the
+/// start that produced the state.
+public enum QEMUCommandLine {
+    public struct Options: Sendable {
+        /// The `-cpu` argument, or nil for QEMU's default CPU.
+        public var cpu: String?
+        /// The versioned machine type.
+        public var machine: String
+        public var accelerator: QEMUCapabilities.Accelerator
+        public var qmpSocket: String
+        /// Start with `-incoming defer` to receive state.
+        public var incoming: Bool
+
+        public init(cpu: String?, machine: String, accelerator: QEMUCapabilities.Accelerator, qmpSocket: String, incoming: Bool = false) {
+            self.cpu = cpu
+            self.machine = machine
+            self.accelerator = accelerator
+            self.qmpSocket = qmpSocket
+            self.incoming = incoming
+        }
+    }
+
+    /// The arguments (without the binary) for `definition`.
+    ///
+    /// - Throws: `QEMUError` `.unsupported` for a device Keel does not drive.
+    public static func arguments(for definition: DomainDefinition, options: Options) throws -> [String] {
+        var arguments = [
+            "-name", "guest=\(definition.name)",
+            "-S", "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "\(options.machine),accel=\(options.accelerator.rawValue)",
+        ]
+        if let cpu = options.cpu {
+            arguments += ["-cpu", cpu]
+        }
+        arguments += ["-m", "size=\(definition.memoryKiB)k"]
+        var smp = "\(definition.vcpus)"
+        if let topology = definition.cpu?.topology {
+            smp += ",sockets=\(topology.sockets),dies=\(topology.dies),cores=\(topology.cores),threads=\(topology.threads)"
+        }
+        arguments += ["-smp", smp]
+        if let uuid = definition.uuid {
+            arguments += ["-uuid", uuid]
+        }
+        if let kernel = definition.os.kernel {
+            arguments += ["-kernel", kernel]
+            if let initrd = definition.os.initrd { arguments += ["-initrd", initrd] }
+            if let cmdline = definition.os.cmdline { arguments += ["-append", cmdline] }
+        }
+        arguments += ["-qmp", "unix:\(escape(options.qmpSocket)),server=on,wait=off"]
+        let devices = definition.tree.child("devices")
+        for (index, serial) in (devices?.children(named: "serial") ?? []).enumerated() {
+            let id = "charserial\(index)"
+            switch serial.attribute("type") ?? "pty" {
+            case "file":
+                guard let path = serial.child("source")?.attribute("path") else {
+                    throw QEMUError(.invalidArgument, "serial port \(index) of type file has no <source path>")
+                }
+                arguments += ["-chardev", "file,id=\(id),path=\(escape(path)),append=on"]
+            case "pty":
+                arguments += ["-chardev", "pty,id=\(id)"]
+            case "null":
+                arguments += ["-chardev", "null,id=\(id)"]
+            case let other:
+                throw QEMUError(.unsupported, "serial port type '\(other)' is not supported")
+            }
+            arguments += ["-device", "isa-serial,chardev=\(id),id=serial\(index)"]
+        }
+        for (index, disk) in definition.disks.enumerated() {
+            guard let source = disk.source else {
+                throw QEMUError(.invalidArgument, "disk \(disk.target) has no source")
+            }
+            let format = disk.format ?? "raw"
+            guard format == "raw" || format == "qcow2" else {
+                throw QEMUError(.unsupported, "disk format '\(format)' is not supported (raw, qcow2)")
+            }
+            let bus = disk.bus ?? "virtio"
+            let id = "drive-\(disk.target)"
+            var drive = "file=\(escape(source)),format=\(format),if=none,id=\(id)"
+            if disk.readonly { drive += ",readonly=on" }
+            arguments += ["-drive", drive]
+            switch bus {
+            case "virtio":
+                arguments += ["-device", "virtio-blk-pci,drive=\(id),id=virtio-disk\(index)"]
+            case "ide", "sata":
+                arguments += ["-device", "ide-hd,drive=\(id),id=ide-disk\(index)"]
+            default:
+                throw QEMUError(.unsupported, "disk bus '\(bus)' is not supported (virtio, ide)")
+            }
+        }
+        if options.incoming {
+            arguments += ["-incoming", "defer"]
+        }
+        return arguments
+    }
+
+    /// QEMU's option syntax doubles commas inside values.
+    static func escape(_ value: String) -> String {
+        value.split(separator: ",", omittingEmptySubsequences: false).joined(separator: ",,")
+    }
+}
