@@ -8,7 +8,7 @@ CONFIG ?= release
 # Debian packages: building (libxml2), running guests (QEMU), the libvirt oracle (virsh and
 # libvirt's cpu_map), the test guest (nasm) and the compressors libvirt uses for save images.
 BUILD_PACKAGES := libxml2-dev pkg-config
-RUN_PACKAGES := qemu-system-x86 qemu-utils
+RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
 TEST_PACKAGES := $(RUN_PACKAGES) hyperfine libvirt-clients libvirt-daemon-driver-qemu nasm gzip bzip2 xz-utils lzop zstd python3
 
 .PHONY: all build build-release demo test deps-build deps-demo deps-test bench interop clean

@@ -96,3 +96,18 @@ extension String {
         String(unicodeScalars.map { $0 == "-" ? "_" : Character($0) })
     }
 }
+
+extension CPUMap {
+    /// The bits of features in the hypervisor CPUID range (0x40000000–0x4fffffff): KVM's and
+    /// Hyper-V's paravirtual features, which the hypervisor provides rather than the host CPU.
+    public var hypervisorLeafBits: FeatureBits {
+        var bits = emptyBits()
+        for feature in features where feature.locations.allSatisfy({
+            if case .cpuid(let leaf, _, _, _) = $0 { return leaf >= 0x4000_0000 && leaf <= 0x4fff_ffff }
+            return false
+        }) {
+            feature.bits.add(to: &bits)
+        }
+        return bits
+    }
+}

@@ -64,7 +64,9 @@ extension Driver {
         guard let machine = definition.os.machine, capabilities.machines.contains(where: { $0.name == machine }) else {
             throw QEMUError(.unsupported, "cannot restore from \(path): machine type '\(definition.os.machine ?? "")' is not supported by QEMU \(capabilities.version)")
         }
-        let target = cookie?.cpu ?? definition.cpu
+        // Keel's ABI record carries the whole effective CPU; libvirt's cookie CPU only what
+        // libvirt can name; images from older writers have neither.
+        let target = cookie?.abiRecord?.effectiveCPU ?? cookie?.cpu ?? definition.cpu
         var verdict = CPUVerdict(missing: [], extra: [], reasons: [])
         if let target, target.model != nil || target.mode != .custom {
             do {
@@ -72,7 +74,7 @@ extension Driver {
             } catch let error as CPUError {
                 throw QEMUError(.invalidArgument, "cannot restore from \(path): \(error.message)")
             }
-            if cookie?.cpu == nil && target.mode != .custom {
+            if cookie?.cpu == nil && cookie?.abiRecord?.effectiveCPU == nil && target.mode != .custom {
                 // Without a cookie the CPU is started from the XML and updated live, as libvirt does.
                 verdict.reasons = []
             }
@@ -105,7 +107,7 @@ extension Driver {
             throw QEMUError(.incompatibleCPU, "this host cannot reproduce the saved guest CPU: \(plan.verdict.message)",
                             features: plan.verdict.missing.map(\.feature) + plan.verdict.extra.map(\.feature))
         }
-        let pinned = plan.cookie?.cpu
+        let pinned = plan.cookie?.abiRecord?.effectiveCPU ?? plan.cookie?.cpu
         let cpuArgument: String?
         let startCPU: CPUDefinition?
         if let pinned {

@@ -68,8 +68,12 @@ extension Driver {
     /// The cookie for an image of `status`: the updated CPU when QEMU changed it (as libvirt
     /// writes it), `<slirpHelper/>`, and the ABI record.
     func saveCookie(for status: DomainStatus) -> SaveCookie {
-        SaveCookie(
-            cpu: status.originalCPU != nil ? status.live.cpu : nil,
+        // libvirt refuses CPUs naming features it does not know (Keel's map also has QEMU's KVM
+        // paravirt bits); its slot gets the CPU in its vocabulary, the ABI record the whole CPU.
+        var libvirtCPU = status.originalCPU != nil ? status.live.cpu : nil
+        libvirtCPU?.features.removeAll { !CPUMap.libvirtFeatureNames.contains($0.name) }
+        return SaveCookie(
+            cpu: libvirtCPU,
             slirpHelper: true,
             abiRecord: ABIRecord(
                 requestedCPU: status.originalCPU ?? status.live.cpu,

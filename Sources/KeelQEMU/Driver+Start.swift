@@ -124,7 +124,7 @@ extension Driver {
             throw QEMUError(.unsupported, "CPU model \(model) is not supported by hypervisor")
         }
         if let ceiling = configuration.cpuCeiling {
-            let beyond = try map.bits(of: cpu, .all).subtracting(map.bits(of: ceiling, .all))
+            let beyond = try map.bits(of: cpu, .all).subtracting(map.bits(of: ceiling, .all).union(map.hypervisorLeafBits))
             if !beyond.isEmpty {
                 let problems = map.problems(.missing, in: beyond)
                 throw QEMUError(.incompatibleCPU, "the CPU exceeds this host's CPU ceiling: " + problems.map { "\($0.name) (\($0.locations.map(\.description).joined(separator: ", ")))" }.joined(separator: ", "), features: problems)

@@ -134,7 +134,8 @@ public struct CPUVerdict: Sendable {
             ))
         }
         if let ceiling {
-            let allowed = try map.bits(of: ceiling, .all)
+            // A ceiling caps what the host CPU offers; the hypervisor's own leaves are not its.
+            let allowed = try map.bits(of: ceiling, .all).union(map.hypervisorLeafBits)
             for feature in map.features(in: required.subtracting(allowed)) where !verdict.missing.contains(where: { $0.feature.name == feature.name }) {
                 verdict.missing.append(Problem(
                     feature: CPUFeatureProblem(name: feature.name, kind: .missing, locations: feature.locations),
