@@ -26,24 +26,33 @@ public struct QEMUCapabilities: Sendable, Hashable {
         /// The versioned machine an alias resolves to (`pc` → `pc-i440fx-7.2`).
         public var canonical: String?
         public var isDefault: Bool
+        /// The most vCPUs the machine takes (`cpu-max`), nil when unknown.
+        public var maxCPUs: Int?
+        public var isDeprecated: Bool
 
-        public init(name: String, canonical: String? = nil, isDefault: Bool = false) {
+        public init(name: String, canonical: String? = nil, isDefault: Bool = false, maxCPUs: Int? = nil, isDeprecated: Bool = false) {
             self.name = name
             self.canonical = canonical
             self.isDefault = isDefault
+            self.maxCPUs = maxCPUs
+            self.isDeprecated = isDeprecated
         }
     }
 
     public struct CPUModel: Sendable, Hashable {
         public var name: String
         public var aliasOf: String?
-        /// Features (libvirt names) this accelerator cannot provide for the model.
+        /// Features (libvirt names) this accelerator cannot provide for the model. A name
+        /// the CPU map does not know stays in QEMU's spelling, as libvirt keeps it, so that
+        /// the model still counts as unusable.
         public var unavailableFeatures: [String]
+        public var isDeprecated: Bool
 
-        public init(name: String, aliasOf: String? = nil, unavailableFeatures: [String] = []) {
+        public init(name: String, aliasOf: String? = nil, unavailableFeatures: [String] = [], isDeprecated: Bool = false) {
             self.name = name
             self.aliasOf = aliasOf
             self.unavailableFeatures = unavailableFeatures
+            self.isDeprecated = isDeprecated
         }
 
         public var isUsable: Bool { unavailableFeatures.isEmpty }
@@ -64,11 +73,15 @@ public struct QEMUCapabilities: Sendable, Hashable {
     public var forcedFeatures: [String]
     /// Features QEMU considers unmigratable.
     public var unmigratableFeatures: [String]
+    /// What else the probe's result depends on besides the binary: the probe's own version
+    /// and the CPU map it translated names with. A cache whose key differs is probed again.
+    public var probeKey: String
 
     public init(
         binary: String, binaryIdentity: String, version: String, accelerator: Accelerator,
         machines: [Machine] = [], cpuModels: [CPUModel] = [], hostModel: CPUDefinition? = nil,
-        availableFeatures: [String] = [], forcedFeatures: [String] = [], unmigratableFeatures: [String] = []
+        availableFeatures: [String] = [], forcedFeatures: [String] = [], unmigratableFeatures: [String] = [],
+        probeKey: String = ""
     ) {
         self.binary = binary
         self.binaryIdentity = binaryIdentity
@@ -80,6 +93,7 @@ public struct QEMUCapabilities: Sendable, Hashable {
         self.availableFeatures = availableFeatures
         self.forcedFeatures = forcedFeatures
         self.unmigratableFeatures = unmigratableFeatures
+        self.probeKey = probeKey
     }
 
     /// The versioned machine type a name resolves to (`pc` → `pc-i440fx-7.2`), or nil when
@@ -105,22 +119,33 @@ extension QEMUCapabilities {
             XMLAttribute("format", "1"), XMLAttribute("binary", binary), XMLAttribute("identity", binaryIdentity),
             XMLAttribute("version", version), XMLAttribute("accelerator", accelerator.rawValue),
         ])
+        if !probeKey.isEmpty { root.setAttribute("probe", probeKey) }
         for machine in machines {
             var element = XMLElement("machine", attributes: [XMLAttribute("name", machine.name)])
             element.setAttribute("canonical", machine.canonical)
             if machine.isDefault { element.setAttribute("default", "yes") }
+            element.setAttribute("max-cpus", machine.maxCPUs.map(String.init))
+            if machine.isDeprecated { element.setAttribute("deprecated", "yes") }
             root.append(element)
         }
         for model in cpuModels {
             var element = XMLElement("cpu-model", attributes: [XMLAttribute("name", model.name)])
             element.setAttribute("alias-of", model.aliasOf)
+            if model.isDeprecated { element.setAttribute("deprecated", "yes") }
             for feature in model.unavailableFeatures {
                 element.append(XMLElement("blocker", attributes: [XMLAttribute("name", feature)]))
             }
             root.append(element)
         }
         if let hostModel {
-            root.append(XMLElement("host-model", children: [.element(hostModel.xmlElement)]))
+            // A guest <cpu> carries no signature; the host CPU of `keel capabilities` needs it.
+            var element = XMLElement("host-model", children: [.element(hostModel.xmlElement)])
+            if let signature = hostModel.signature {
+                element.setAttribute("family", String(signature.family))
+                element.setAttribute("model", String(signature.model))
+                element.setAttribute("stepping", String(signature.stepping))
+            }
+            root.append(element)
         }
         for (name, list) in [("available", availableFeatures), ("forced", forcedFeatures), ("unmigratable", unmigratableFeatures)] {
             root.append(XMLElement("features", attributes: [XMLAttribute("kind", name)], children: list.map {
@@ -142,17 +167,31 @@ extension QEMUCapabilities {
         else {
             throw QEMUError(.invalidArgument, "not a Keel QEMU capabilities cache")
         }
-        self.init(binary: binary, binaryIdentity: identity, version: version, accelerator: accelerator)
+        self.init(binary: binary, binaryIdentity: identity, version: version, accelerator: accelerator, probeKey: root.attribute("probe") ?? "")
         machines = root.children(named: "machine").compactMap { element in
-            element.attribute("name").map { Machine(name: $0, canonical: element.attribute("canonical"), isDefault: element.attribute("default") == "yes") }
+            element.attribute("name").map {
+                Machine(
+                    name: $0, canonical: element.attribute("canonical"), isDefault: element.attribute("default") == "yes",
+                    maxCPUs: element.attribute("max-cpus").flatMap { Int($0) }, isDeprecated: element.attribute("deprecated") == "yes"
+                )
+            }
         }
         cpuModels = root.children(named: "cpu-model").compactMap { element in
             element.attribute("name").map {
-                CPUModel(name: $0, aliasOf: element.attribute("alias-of"), unavailableFeatures: element.children(named: "blocker").compactMap { $0.attribute("name") })
+                CPUModel(
+                    name: $0, aliasOf: element.attribute("alias-of"),
+                    unavailableFeatures: element.children(named: "blocker").compactMap { $0.attribute("name") },
+                    isDeprecated: element.attribute("deprecated") == "yes"
+                )
             }
         }
-        if let cpu = root.child("host-model")?.child("cpu") {
+        if let element = root.child("host-model"), let cpu = element.child("cpu") {
             hostModel = try? CPUDefinition(xml: cpu, as: .guest)
+            if let family = element.attribute("family").flatMap({ UInt32($0) }),
+               let model = element.attribute("model").flatMap({ UInt32($0) }),
+               let stepping = element.attribute("stepping").flatMap({ UInt32($0) }) {
+                hostModel?.signature = CPUDefinition.Signature(family: family, model: model, stepping: stepping)
+            }
         }
         for element in root.children(named: "features") {
             let names = element.children(named: "feature").compactMap { $0.attribute("name") }

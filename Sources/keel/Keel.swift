@@ -11,6 +11,7 @@ struct Keel: AsyncParsableCommand {
             DomainDefine.self, DomainStart.self, DomainList.self, DomainInfo.self, DomainDumpXML.self,
             DomainDestroy.self, DomainUndefine.self, DomainSuspend.self, DomainResume.self,
             DomainSave.self, DomainRestore.self,
+            Capabilities.self, DomainCapabilities.self,
         ]
     )
 }
