@@ -68,6 +68,9 @@ public struct QEMUProcess: Sendable {
         let exited = (exitStatus & 0x7f) == 0
         let code = (exitStatus >> 8) & 0xff
         guard exited && code == 0 else {
+            // QEMU may have created its socket before failing; leave nothing stale behind.
+            unlink(qmpSocket)
+            unlink(pidfile)
             let detail = lastLines(of: log, from: logStart)
             throw QEMUError(.processExited, "QEMU failed to start" + (detail.isEmpty ? "" : ": " + detail))
         }
