@@ -117,6 +117,61 @@ struct FaultTests {
         }
     }
 
+    @Test("QEMU killed during a restore: an error, no half-started guest, no stale socket or lock")
+    func qemuKilledDuringRestore() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let name = "killrestore"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, memoryMiB: 320, cpu: Self.cpu, cmdline: "fill=256"))
+            try await fixture.driver.start(name: name)
+            try await waitForSerial(fixture, name, "FILLED")
+            let image = fixture.directory.appendingPathComponent("big.img").path
+            try await fixture.driver.save(name: name, to: image)
+            let pidfile = fixture.driver.store.pidPath(name)
+            let killer = Task {
+                // Kill the restoring QEMU as soon as its pidfile names it.
+                for _ in 0..<5000 {
+                    if let text = try? String(contentsOfFile: pidfile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                        try await Task.sleep(for: .milliseconds(30))
+                        kill(pid, SIGKILL)
+                        return
+                    }
+                    try await Task.sleep(for: .milliseconds(1))
+                }
+            }
+            do {
+                try await fixture.driver.restore(path: image)
+                Issue.record("restore succeeded although QEMU was killed")
+            } catch let error as QEMUError {
+                #expect([.processExited, .io].contains(error.code), "\(error)")
+            }
+            _ = try await killer.value
+            #expect(try fixture.driver.state(of: name).0 == .shutoff)
+            #expect(!FileManager.default.fileExists(atPath: fixture.driver.store.qmpPath(name)))
+            #expect(try SaveImage.read(path: image).isComplete, "the image is intact")
+            try await fixture.driver.restore(path: image)
+            #expect(try fixture.driver.state(of: name).0 == .running)
+        }
+    }
+
+    @Test("a start needing a feature beyond this host's ceiling is refused naming the feature and its bits")
+    func ceilingRefusesStart() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        let ceiling = try CPUDefinition(xmlString: "<cpu><model>qemu64</model><feature policy='disable' name='cx16'/></cpu>", as: .guest)
+        try await DriverFixture.with(configuration: HostConfiguration(cpuCeiling: ceiling)) { fixture in
+            try await fixture.driver.define(xml: fixture.domainXML(name: "capped", cpu: Self.cpu))
+            do {
+                try await fixture.driver.start(name: "capped")
+                Issue.record("started beyond the ceiling")
+            } catch let error as QEMUError {
+                #expect(error.code == .incompatibleCPU)
+                #expect(error.message == "the CPU exceeds this host's CPU ceiling: cx16 (CPUID[eax=0x1,ecx=0x0].ECX bit 13)")
+                #expect(error.features.map(\.name) == ["cx16"])
+            }
+            #expect(try fixture.driver.state(of: "capped").0 == .shutoff)
+        }
+    }
+
     @Test("a second modifying command on the same domain waits, then is refused naming the job in progress")
     func concurrentJobs() async throws {
         if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
