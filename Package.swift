@@ -45,6 +45,6 @@ let package = Package(
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"], exclude: ["Transcripts"]),
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
         // Runs the built `keel` binary as users do.
-        .testTarget(name: "KeelCLITests", dependencies: []),
+        .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU"]),
     ]
 )

@@ -7,7 +7,7 @@ struct Keel: AsyncParsableCommand {
         commandName: "keel",
         abstract: "A QEMU/KVM virtual machine manager that never lets a guest's CPU change underneath it.",
         subcommands: [
-            CPUCompare.self, CPUBaseline.self,
+            CPUCompare.self, CPUBaseline.self, SaveImageCommand.self,
             DomainDefine.self, DomainStart.self, DomainList.self, DomainInfo.self, DomainDumpXML.self,
             DomainDestroy.self, DomainUndefine.self, DomainSuspend.self, DomainResume.self,
             DomainSave.self, DomainRestore.self,
