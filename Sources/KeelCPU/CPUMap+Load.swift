@@ -29,6 +29,9 @@ extension CPUMap {
         }
     }()
 
+    /// The QEMU version the built-in map was generated from.
+    public static var builtinQEMUVersion: String { BuiltinCPUMap.qemuVersion }
+
     /// The map to use: `directory` when given, else `$KEEL_CPU_MAP`, else the built-in map.
     public static func resolve(directory: String?) throws -> CPUMap {
         if let directory, !directory.isEmpty {

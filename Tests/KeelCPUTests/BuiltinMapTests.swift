@@ -1,0 +1,62 @@
+import Foundation
+import KeelCPU
+import Testing
+
+@Suite("the built-in CPU map generated from QEMU")
+struct BuiltinMapTests {
+    static func map() throws -> CPUMap { try CPUMap.builtin.get() }
+
+    @Test("it loads, and QEMU's versioned models are first-class with the version each alias resolves to")
+    func versionedModels() throws {
+        let map = try Self.map()
+        #expect(map.features.count > 200)
+        let alias = try #require(map.model(named: "Cascadelake-Server"))
+        #expect(alias.aliasOf == "Cascadelake-Server-v1")
+        #expect(alias.decodeHost && alias.decodeGuest)
+        for version in 1...5 {
+            let model = try #require(map.model(named: "Cascadelake-Server-v\(version)"), "Cascadelake-Server-v\(version)")
+            #expect(!model.decodeHost && !model.decodeGuest, "versions are not picked when decoding")
+        }
+        #expect(map.model(named: "Cascadelake-Server-v1")?.bits == alias.bits)
+        #expect(map.model(named: "Cascadelake-Server-v4")?.bits != alias.bits)
+    }
+
+    @Test("feature names translate between libvirt's and QEMU's spelling both ways", arguments: [
+        ("pni", "sse3"), ("tsc_adjust", "tsc-adjust"), ("lahf_lm", "lahf-lm"), ("pclmuldq", "pclmulqdq"),
+        ("ds_cpl", "ds-cpl"), ("kvm_pv_eoi", "kvm-pv-eoi"), ("vmx", "vmx"),
+    ])
+    func names(libvirt: String, qemu: String) throws {
+        let map = try Self.map()
+        #expect(map.libvirtFeatureName(forQEMU: qemu) == libvirt)
+        #expect(map.libvirtFeatureName(forQEMU: libvirt) == libvirt)
+        if libvirt != "pni" {
+            #expect(map.qemuFeatureName(for: libvirt) == qemu)
+        }
+    }
+
+    @Test("features carry their CPUID bits as QEMU reports them")
+    func bits() throws {
+        let map = try Self.map()
+        #expect(map.feature(named: "x2apic")?.locations == [.cpuid(leaf: 1, subleaf: 0, register: .ecx, mask: 1 << 21)])
+        #expect(map.feature(named: "avx512f")?.locations == [.cpuid(leaf: 7, subleaf: 0, register: .ebx, mask: 1 << 16)])
+        #expect(map.feature(named: "invtsc")?.migratable == false)
+    }
+
+    @Test("the committed map equals what scripts/gen-cpu-map.py generates from the installed QEMU")
+    func generatorAgrees() throws {
+        let qemu = "/usr/bin/qemu-system-x86_64"
+        guard FileManager.default.isExecutableFile(atPath: qemu) else {
+            print("SKIP: qemu-system-x86_64 is not installed; the generated map is not re-checked")
+            return
+        }
+        let version = try run(qemu, ["--version"]).stdout
+        guard let installed = version.split(separator: " ").dropFirst(3).first.map(String.init), installed == CPUMap.builtinQEMUVersion else {
+            print("SKIP: the built-in map comes from QEMU \(CPUMap.builtinQEMUVersion), the installed one differs: \(version.prefix(60))")
+            return
+        }
+        let script = TestEnvironment.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("scripts/gen-cpu-map.py").path
+        let result = try run("/usr/bin/python3", [script, "--check"])
+        #expect(result.status == 0, "gen-cpu-map.py --check: \(result.stdout) \(result.stderr)")
+    }
+}
