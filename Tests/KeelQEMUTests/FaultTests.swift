@@ -5,6 +5,22 @@ import KeelQEMU
 import KeelSaveImage
 import Testing
 
+/// Runs a program and returns its status and output.
+func run(_ program: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: program)
+    process.arguments = arguments
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
 /// Faults and bad input: a clear error before QEMU loads anything, nothing left running or
 /// locked, images untouched.
 @Suite("QEMU driver under faults", .serialized)
@@ -170,6 +186,68 @@ struct FaultTests {
             }
             #expect(try fixture.driver.state(of: "capped").0 == .shutoff)
         }
+    }
+
+    @Test("a save that runs out of disk space leaves the guest running as it was and no image behind")
+    func diskFull() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let small = fixture.directory.appendingPathComponent("small")
+            try FileManager.default.createDirectory(at: small, withIntermediateDirectories: true)
+            let mount = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small.path])
+            guard mount.status == 0 else {
+                print("SKIP: cannot mount a small tmpfs to fill (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
+                return
+            }
+            defer { _ = try? run("/bin/umount", ["-l", small.path]) }
+            let name = "full"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, memoryMiB: 64, cpu: Self.cpu, cmdline: "fill=32"))
+            try await fixture.driver.start(name: name)
+            try await waitForSerial(fixture, name, "FILLED")
+            let image = small.appendingPathComponent("full.img").path
+            do {
+                try await fixture.driver.save(name: name, to: image)
+                Issue.record("save into a 2 MiB filesystem succeeded")
+            } catch let error as QEMUError {
+                #expect(error.code == .io, "\(error)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: image), "no partial image is left")
+            #expect(try fixture.driver.state(of: name).0 == .running, "the guest keeps running")
+            let size = fixture.serialSize(name)
+            try await waitForSerialGrowth(fixture, name, beyond: size)
+        }
+    }
+
+    @Test("a guest with a qcow2 disk saves and restores")
+    func qcow2Disk() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-img") else { print("SKIP: qemu-img is not installed"); return }
+        try await DriverFixture.with { fixture in
+            let disk = fixture.directory.appendingPathComponent("disk.qcow2").path
+            #expect(try run("/usr/bin/qemu-img", ["create", "-q", "-f", "qcow2", disk, "16M"]).status == 0)
+            let name = "disky"
+            let xml = fixture.domainXML(name: name, cpu: Self.cpu).replacingOccurrences(of: "<devices>", with: """
+                <devices>
+                    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='\(disk)'/><target dev='vda' bus='virtio'/></disk>
+                """)
+            try await fixture.driver.define(xml: xml)
+            try await fixture.driver.start(name: name)
+            let before = try await fixture.cpuidBlock(name)
+            let image = fixture.directory.appendingPathComponent("disky.img").path
+            try await fixture.driver.save(name: name, to: image, compression: .gzip)
+            let offset = fixture.serialSize(name)
+            try await fixture.driver.restore(path: image)
+            #expect(try await fixture.cpuidBlock(name, after: offset) == before)
+        }
+    }
+
+    func waitForSerialGrowth(_ fixture: DriverFixture, _ name: String, beyond size: Int, timeout: TimeInterval = 30) async throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if fixture.serialSize(name) > size { return }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        Issue.record("\(name) printed nothing more: it is not running")
     }
 
     @Test("a second modifying command on the same domain waits, then is refused naming the job in progress")
