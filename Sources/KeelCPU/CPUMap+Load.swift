@@ -21,6 +21,11 @@ extension CPUMap {
     /// The map shipped inside Keel, generated from QEMU (see scripts/gen-cpu-map.py).
     public static let builtin: Result<CPUMap, CPUError> = {
         do {
+            // The compact form of the same map loads in a fraction of the time; the XML is the
+            // fallback (and the source of truth the compact form is checked against).
+            if let compact = try? load(compactText: BuiltinCPUMapCompact.text) {
+                return .success(compact)
+            }
             return .success(try load { BuiltinCPUMap.files[$0] })
         } catch let error as CPUError {
             return .failure(error)
@@ -28,6 +33,20 @@ extension CPUMap {
             return .failure(CPUError(.invalidMap, "cannot load the built-in CPU map: \(error)"))
         }
     }()
+
+    /// Loads the built-in map afresh (the cached `builtin` is loaded once per process); for
+    /// benchmarks of start-up cost.
+    public static func loadBuiltinForBenchmark() throws -> CPUMap {
+        try load(compactText: BuiltinCPUMapCompact.text)
+    }
+
+    /// Loads the built-in map from its embedded XML files (libvirt's format), not the compact form.
+    public static func loadBuiltinXML() throws -> CPUMap {
+        try load { BuiltinCPUMap.files[$0] }
+    }
+
+    /// The compact form committed for the built-in map.
+    public static var builtinCompactText: String { BuiltinCPUMapCompact.text }
 
     /// The QEMU version the built-in map was generated from.
     public static var builtinQEMUVersion: String { BuiltinCPUMap.qemuVersion }
@@ -59,6 +78,43 @@ extension CPUMap {
             try loader.loadDefinitions(root, file: filename)
         }
         return try loader.build()
+    }
+
+    /// Gives every distinct single bit of the features' locations a position, in feature order,
+    /// and returns each feature's bits.
+    static func assignBits(_ featureLocations: [[CPUFeatureLocation]]) -> (bitLocations: [CPUFeatureLocation], featureBits: [FeatureBits], wordCount: Int) {
+        var bitPositions: [CPUFeatureLocation: Int] = [:]
+        var bitLocations: [CPUFeatureLocation] = []
+        var lists: [[Int]] = []
+        for locations in featureLocations {
+            var positions: [Int] = []
+            for location in locations {
+                for bit in location.bits {
+                    let single: CPUFeatureLocation
+                    switch location {
+                    case .cpuid(let leaf, let subleaf, let register, _):
+                        single = .cpuid(leaf: leaf, subleaf: subleaf, register: register, mask: 1 << UInt32(bit))
+                    case .msr(let index, let register, _):
+                        single = .msr(index: index, register: register, mask: 1 << UInt32(bit))
+                    }
+                    if let position = bitPositions[single] {
+                        positions.append(position)
+                    } else {
+                        bitPositions[single] = bitLocations.count
+                        positions.append(bitLocations.count)
+                        bitLocations.append(single)
+                    }
+                }
+            }
+            lists.append(positions)
+        }
+        let wordCount = max(1, (bitLocations.count + 63) / 64)
+        let featureBits = lists.map { positions -> FeatureBits in
+            var bits = FeatureBits(wordCount: wordCount)
+            for position in positions { bits.insert(bit: position) }
+            return bits
+        }
+        return (bitLocations, featureBits, wordCount)
     }
 
     static func readMapFile(_ path: String) throws -> String? {
@@ -199,41 +255,14 @@ private struct Loader {
     }
 
     func build() throws -> CPUMap {
-        var bitPositions: [CPUFeatureLocation: Int] = [:]
-        var bitLocations: [CPUFeatureLocation] = []
-        var featureBitLists: [[Int]] = []
-        for feature in features {
-            var positions: [Int] = []
-            for location in feature.locations {
-                for bit in location.bits {
-                    let single: CPUFeatureLocation
-                    switch location {
-                    case .cpuid(let leaf, let subleaf, let register, _):
-                        single = .cpuid(leaf: leaf, subleaf: subleaf, register: register, mask: 1 << UInt32(bit))
-                    case .msr(let index, let register, _):
-                        single = .msr(index: index, register: register, mask: 1 << UInt32(bit))
-                    }
-                    if let position = bitPositions[single] {
-                        positions.append(position)
-                    } else {
-                        bitPositions[single] = bitLocations.count
-                        positions.append(bitLocations.count)
-                        bitLocations.append(single)
-                    }
-                }
-            }
-            featureBitLists.append(positions)
-        }
-        let wordCount = max(1, (bitLocations.count + 63) / 64)
+        let assigned = CPUMap.assignBits(features.map(\.locations))
+        let wordCount = assigned.wordCount
+        let featureBits = assigned.featureBits
         var builtFeatures: [CPUMap.Feature] = []
-        var featureBits: [FeatureBits] = []
         for (index, feature) in features.enumerated() {
-            var bits = FeatureBits(wordCount: wordCount)
-            for position in featureBitLists[index] { bits.insert(bit: position) }
-            featureBits.append(bits)
             builtFeatures.append(CPUMap.Feature(
                 name: feature.name, index: index, locations: feature.locations,
-                migratable: feature.migratable, qemuAliases: feature.aliases, bits: SparseBits(bits)
+                migratable: feature.migratable, qemuAliases: feature.aliases, bits: SparseBits(featureBits[index])
             ))
         }
         var builtModels: [CPUMap.Model] = []
@@ -316,7 +345,7 @@ private struct Loader {
             modelIndex[name] = builtModels.count
             builtModels.append(model)
         }
-        return CPUMap(vendors: vendors, features: builtFeatures, models: builtModels, wordCount: wordCount, bitLocations: bitLocations)
+        return CPUMap(vendors: vendors, features: builtFeatures, models: builtModels, wordCount: wordCount, bitLocations: assigned.bitLocations)
     }
 
     private func switchValue(_ value: String?) -> Bool? {

@@ -1,4 +1,4 @@
-import Foundation
+import Dispatch
 
 extension QMP {
     /// The QMP state machine on a connected socket: a dedicated reader thread feeds
@@ -52,9 +52,8 @@ extension QMP {
 
         /// Starts the reader thread. Call once; ``shutdown()`` waits for the thread to end.
         func start() {
-            let thread = Thread { [self] in readLoop() }
-            thread.name = "keel-qmp-reader"
-            thread.start()
+            // A dedicated queue whose worker blocks in recv(); shutdown() wakes it.
+            DispatchQueue(label: "keel-qmp-reader").async { [self] in readLoop() }
         }
 
         var isConnected: Bool {

@@ -77,7 +77,11 @@ public struct XMLElement: Sendable, Hashable {
 
     /// All child elements called `name`, in order.
     public func children(named name: String) -> [XMLElement] {
-        elements.filter { $0.name == name }
+        var result: [XMLElement] = []
+        for case .element(let element) in children where element.name == name {
+            result.append(element)
+        }
+        return result
     }
 
     /// The concatenated text directly inside this element.

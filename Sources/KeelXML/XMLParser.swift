@@ -112,13 +112,13 @@ public enum XMLParser {
         }
         var child = node.pointee.children
         var pendingText = ""
+        var pendingHasContent = false
         func flushText() {
-            if !pendingText.isEmpty {
-                if !pendingText.allSatisfy(\.isWhitespace) {
-                    element.children.append(.text(pendingText))
-                }
-                pendingText = ""
+            if pendingHasContent {
+                element.children.append(.text(pendingText))
             }
+            pendingText = ""
+            pendingHasContent = false
         }
         while let current = child {
             switch current.pointee.type {
@@ -126,8 +126,15 @@ public enum XMLParser {
                 flushText()
                 element.children.append(.element(convert(current)))
             case XML_TEXT_NODE, XML_CDATA_SECTION_NODE:
+                // Indentation between elements is by far the most common text; it is recognised
+                // on the raw bytes so that no String is made for it.
                 if let content = current.pointee.content {
-                    pendingText += string(content)
+                    if pendingHasContent || !isBlank(content) {
+                        pendingText += string(content)
+                        pendingHasContent = true
+                    } else {
+                        pendingText += string(content)
+                    }
                 }
             default:
                 break
@@ -136,6 +143,18 @@ public enum XMLParser {
         }
         flushText()
         return element
+    }
+
+    /// Whether a NUL-terminated libxml2 string holds only XML whitespace.
+    private static func isBlank(_ pointer: UnsafePointer<xmlChar>) -> Bool {
+        var cursor = pointer
+        while cursor.pointee != 0 {
+            switch cursor.pointee {
+            case 0x20, 0x09, 0x0A, 0x0D: cursor += 1
+            default: return false
+            }
+        }
+        return true
     }
 
     private static func qualifiedName(_ name: UnsafePointer<xmlChar>?, _ ns: xmlNsPtr?) -> String {

@@ -42,6 +42,32 @@ struct BuiltinMapTests {
         #expect(map.feature(named: "invtsc")?.migratable == false)
     }
 
+    @Test("the committed compact form of the built-in map equals its XML files (KEEL_RECORD=1 rewrites it)")
+    func compactAgreesWithXML() throws {
+        let xml = try CPUMap.loadBuiltinXML()
+        let text = xml.compactText()
+        if ProcessInfo.processInfo.environment["KEEL_RECORD"] == "1" {
+            let file = TestEnvironment.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("Sources/KeelCPU/BuiltinCPUMapCompact.generated.swift")
+            let source = "// Generated from the built-in CPU map by KeelCPUTests (KEEL_RECORD=1). Do not edit.\n"
+                + "enum BuiltinCPUMapCompact {\n    static let text = #\"\"\"\n" + text + "\n\"\"\"#\n}\n"
+            try source.write(to: file, atomically: true, encoding: .utf8)
+            print("recorded \(file.path)")
+        }
+        #expect(CPUMap.builtinCompactText == text, "the compact form is stale: run the tests with KEEL_RECORD=1")
+        let compact = try CPUMap.load(compactText: CPUMap.builtinCompactText)
+        #expect(compact.isEquivalent(to: xml))
+    }
+
+    @Test("any map survives the compact form unchanged")
+    func compactRoundTrip() throws {
+        guard let libvirt = TestEnvironment.libvirtMap else { return }
+        let reloaded = try CPUMap.load(compactText: libvirt.compactText())
+        #expect(reloaded.isEquivalent(to: libvirt))
+        #expect(reloaded.compactText() == libvirt.compactText())
+        #expect(throws: CPUError.self) { try CPUMap.load(compactText: "keel-cpu-map 1\nfeature x 1 - c:zz\n") }
+    }
+
     @Test("the committed map equals what scripts/gen-cpu-map.py generates from the installed QEMU")
     func generatorAgrees() throws {
         let qemu = "/usr/bin/qemu-system-x86_64"

@@ -33,6 +33,10 @@ struct Generator: RandomNumberGenerator {
     }
 }
 
+// Loading the built-in map is what every CPU command pays on start-up.
+let builtinLoad = measure(rounds: 20) { _ = try? CPUMap.loadBuiltinForBenchmark() }
+print("load the built-in map: median \(format3(builtinLoad.median / 1e6)) ms")
+
 let arguments = CommandLine.arguments
 let mapDirectory = arguments.count > 1 ? arguments[1] : nil
 let map: CPUMap

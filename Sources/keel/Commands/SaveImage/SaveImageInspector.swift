@@ -261,7 +261,7 @@ enum SaveImageInspector {
     /// The one-line failure for a format error, naming the file unless the message already does.
     static func failure(_ error: SaveImageError, path: String) -> CommandFailure {
         let text = error.description
-        return CommandFailure(message: text.contains(path) ? text : "\(path): \(text)")
+        return CommandFailure(message: text.utf8.firstRange(of: path.utf8) != nil ? text : "\(path): \(text)")
     }
 
     private static func parseDomain(_ xml: String, what: String) throws -> DomainDefinition {
