@@ -1,8 +1,10 @@
 import ArgumentParser
+import Glibc
 import KeelCPU
+import KeelQEMU
 
 /// `keel cpu-compare`: compares a CPU with a host CPU, as `virsh cpu-compare` does.
-struct CPUCompare: ParsableCommand {
+struct CPUCompare: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cpu-compare",
         abstract: "Compare a CPU described in an XML file with a host CPU.",
@@ -16,8 +18,11 @@ struct CPUCompare: ParsableCommand {
     @Argument(help: "XML file with the CPU to compare.")
     var file: String
 
-    @Option(name: .customLong("host"), help: "XML file with the host CPU (capabilities XML or a <cpu> with <arch>).")
-    var hostFile: String
+    @Option(name: .customLong("host"), help: "XML file with the host CPU (capabilities XML or a <cpu> with <arch>); default: this host's CPU as KVM offers it.")
+    var hostFile: String?
+
+    @Option(name: .customLong("state"), help: "The state directory holding the capabilities cache (default: $KEEL_STATE, else /var/lib/keel).")
+    var state: String?
 
     @Option(name: .customLong("cpu-map"), help: "A libvirt-format cpu_map directory (default: $KEEL_CPU_MAP, else the built-in map).")
     var cpuMap: String?
@@ -28,10 +33,15 @@ struct CPUCompare: ParsableCommand {
     @Flag(help: "Print the result as JSON.")
     var json = false
 
-    func run() throws {
+    func run() async throws {
         let cpu = try CPUInput.definitions(CPUInput.cpuElements(inFile: file), as: .auto, file: file)[0]
-        let host = try CPUInput.definitions(CPUInput.cpuElements(inFile: hostFile), as: .auto, file: hostFile)[0]
         let map = try CPUInput.map(cpuMap)
+        let host: CPUDefinition?
+        if let hostFile {
+            host = try CPUInput.definitions(CPUInput.cpuElements(inFile: hostFile), as: .auto, file: hostFile)[0]
+        } else {
+            host = await Self.thisHost(state: state, map: map)
+        }
         let comparison: CPUComparison
         do {
             comparison = try map.compare(cpu, to: host)
@@ -61,6 +71,16 @@ struct CPUCompare: ParsableCommand {
             }
             throw ExitCode(1)
         }
+    }
+
+    /// This machine's CPU as libvirt's capabilities report it: KVM's host CPU decoded on the map;
+    /// nil (an "unknown host CPU", as in libvirt) when KVM is not usable.
+    static func thisHost(state: String?, map: CPUMap) async -> CPUDefinition? {
+        let directory = state ?? getenv("KEEL_STATE").flatMap { String(validatingCString: $0) } ?? "/var/lib/keel"
+        guard let driver = try? Driver(stateDirectory: directory, map: map),
+              let capabilities = try? await driver.capabilities(.kvm)
+        else { return nil }
+        return capabilities.hostCPU(map: map)
     }
 
     static func json(_ comparison: CPUComparison) -> JSON {
