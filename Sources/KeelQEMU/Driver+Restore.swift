@@ -99,6 +99,8 @@ extension Driver {
         try DomainStore.validate(name: definition.name)
         let lock = try DomainLock.acquire(store: store, name: definition.name, job: "restore")
         defer { withExtendedLifetime(lock) {} }
+        let job = DomainJobRecorder(store: store, name: definition.name, operation: .restore)
+        defer { job.finish() }
         if let existing = try store.definition(definition.name), existing.uuid != definition.uuid {
             throw QEMUError(.alreadyExists, "domain '\(definition.name)' is already defined with uuid \(existing.uuid ?? "")")
         }
@@ -157,7 +159,7 @@ extension Driver {
             do {
                 try await client.sendFileDescriptor(stream.fileDescriptor, name: "keel-restore")
                 try await client.execute("migrate-incoming", arguments: ["uri": "fd:keel-restore"])
-                try await self.waitForMigration(client)
+                try await self.waitForMigration(client) { info in try await job.update(info, client: client, stream: reader) }
                 try stream.finish()
             } catch {
                 stream.cancel()

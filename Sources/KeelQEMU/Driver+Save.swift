@@ -22,6 +22,8 @@ extension Driver {
         guard case (let state, let status?) = try self.state(of: name), state == .running || state == .paused else {
             throw QEMUError(.invalidState, "domain '\(name)' is not running")
         }
+        let job = DomainJobRecorder(store: store, name: name, operation: .save)
+        defer { job.finish() }
         try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
             let runState = try await client.execute("query-status")
             let wasRunning = runState["running"]?.boolValue ?? (state == .running)
@@ -41,7 +43,7 @@ extension Driver {
                 try await client.sendFileDescriptor(fd, name: "keel-save")
                 try await client.execute("migrate-set-parameters", arguments: ["max-bandwidth": .int(1 << 40)])
                 try await client.execute("migrate", arguments: ["uri": "fd:keel-save"])
-                try await waitForMigration(client)
+                try await waitForMigration(client) { info in try await job.update(info, client: client) }
                 try image.finish()
             } catch {
                 writer?.discard()
@@ -91,11 +93,14 @@ extension Driver {
     /// Waits until the migration QEMU is running (outgoing or incoming) completes.
     ///
     /// - Throws: `QEMUError` `.io` with QEMU's reason when it fails or is cancelled.
-    func waitForMigration(_ client: QMP.Client, timeout: Duration = .seconds(3600)) async throws {
+    /// `progress` sees every `query-migrate` reply (for job records and abort requests).
+    func waitForMigration(_ client: QMP.Client, timeout: Duration = .seconds(3600),
+                          progress: ((QMP.Value) async throws -> Void)? = nil) async throws {
         let limit = ContinuousClock.now + timeout
         var delay = Duration.milliseconds(2)
         while true {
             let info = try await client.execute("query-migrate")
+            try await progress?(info)
             switch info["status"]?.stringValue ?? "none" {
             case "completed":
                 return

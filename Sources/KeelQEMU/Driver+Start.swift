@@ -11,6 +11,9 @@ extension Driver {
     ///   (or its ceiling), `.invalidState` when already running, `.processExited` when QEMU fails.
     @discardableResult
     public func start(name: String, paused: Bool = false) async throws -> DomainStatus {
+        if let restored = try await startFromManagedSave(name: name, paused: paused) {
+            return restored
+        }
         let lock = try DomainLock.acquire(store: store, name: name, job: "start")
         defer { withExtendedLifetime(lock) {} }
         guard let definition = try store.definition(name) else {

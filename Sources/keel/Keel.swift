@@ -11,6 +11,9 @@ struct Keel: AsyncParsableCommand {
             DomainDefine.self, DomainStart.self, DomainList.self, DomainInfo.self, DomainDumpXML.self,
             DomainDestroy.self, DomainUndefine.self, DomainSuspend.self, DomainResume.self,
             DomainSave.self, DomainRestore.self,
+            DomainShutdown.self, DomainReboot.self, DomainManagedSave.self, DomainManagedSaveRemove.self,
+            DomainManagedSaveDumpXML.self, DomainManagedSaveDefine.self, DomainAutostart.self,
+            DomainJobInfo.self, DomainJobAbort.self, HypervisorCPUCompare.self, HypervisorCPUBaseline.self,
             Capabilities.self, DomainCapabilities.self,
         ]
     )

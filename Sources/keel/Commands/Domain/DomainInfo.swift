@@ -23,6 +23,7 @@ struct DomainInfo: AsyncParsableCommand {
                 ("machine", definition.os.machine.map(JSON.string) ?? .null),
                 ("cpu", cpu.map { .string($0.formatted()) } ?? .null),
                 ("originalCPU", status?.originalCPU.map { .string($0.formatted()) } ?? .null),
+                ("autostart", .bool(driver.isAutostart(name: name))), ("managedSave", .bool(driver.hasManagedSave(name: name))),
             ]).text + "\n")
             return
         }
@@ -31,6 +32,8 @@ struct DomainInfo: AsyncParsableCommand {
             ("OS Type", definition.os.type), ("State", state == .shutoff ? "shut off" : state.rawValue + (status.map { " (\($0.reason))" } ?? "")),
             ("CPU(s)", String(definition.vcpus)), ("Max memory", "\(definition.memoryKiB) KiB"),
             ("Machine", definition.os.machine ?? "-"), ("Type", definition.virtType),
+            ("Autostart", driver.isAutostart(name: name) ? "enable" : "disable"),
+            ("Managed save", driver.hasManagedSave(name: name) ? "yes" : "no"),
         ]
         if let cpu { lines.append(("CPU model", "\(cpu.model ?? cpu.mode?.rawValue ?? "-") (check \(cpu.check.rawValue))")) }
         if status?.originalCPU != nil { lines.append(("CPU updated", "yes (QEMU changed the requested CPU; see dumpxml --migratable)")) }

@@ -7,21 +7,31 @@ struct DomainList: AsyncParsableCommand {
 
     @OptionGroup var options: DriverOptions
     @Flag(help: "Include inactive domains.") var all = false
+    @Flag(name: .customLong("managed-save"), help: "Show inactive domains with a managed-save image as 'saved'.") var managedSave = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
         let driver = try options.driver()
         let domains = try await driverCall { try driver.list() }.filter { all || $0.state != .shutoff }
         if json {
-            Output.print(JSON.array(domains.map(\.json)).text + "\n")
+            Output.print(JSON.array(domains.map { domain in
+                guard case .object(let members) = domain.json else { return domain.json }
+                return .object(members + [("managedSave", .bool(driver.hasManagedSave(name: domain.name)))])
+            }).text + "\n")
             return
         }
         var text = " Id   Name                 State\n" + String(repeating: "-", count: 42) + "\n"
         for domain in domains {
             let id = domain.pid.map { String($0) } ?? "-"
-            text += " " + id.padding(4) + " " + domain.name.padding(20) + " " + (domain.state == .shutoff ? "shut off" : domain.state.rawValue) + "\n"
+            text += " " + id.padding(4) + " " + domain.name.padding(20) + " " + state(of: domain, driver) + "\n"
         }
         Output.print(text + "\n")
+    }
+
+    /// virsh's state column: "saved" for a stopped domain with a managed-save image under --managed-save.
+    func state(of domain: Driver.Summary, _ driver: Driver) -> String {
+        guard domain.state == .shutoff else { return domain.state.rawValue }
+        return managedSave && driver.hasManagedSave(name: domain.name) ? "saved" : "shut off"
     }
 }
 
