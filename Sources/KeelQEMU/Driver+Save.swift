@@ -70,12 +70,14 @@ extension Driver {
     /// The cookie for an image of `status`: the updated CPU when QEMU changed it (as libvirt
     /// writes it), `<slirpHelper/>`, and the ABI record.
     func saveCookie(for status: DomainStatus) -> SaveCookie {
-        // libvirt refuses CPUs naming features it does not know (Keel's map also has QEMU's KVM
-        // paravirt bits); its slot gets the CPU in its vocabulary, the ABI record the whole CPU.
-        var libvirtCPU = status.originalCPU != nil ? status.live.cpu : nil
-        libvirtCPU?.features.removeAll { !CPUMap.libvirtFeatureNames.contains($0.name) }
+        // The cookie's <cpu> is what libvirt reads: the guest's CPU in libvirt's vocabulary (its
+        // model definitions, features it knows, every difference explicit, check='full'), so that
+        // libvirt restoring the image gives the guest exactly these bits. It is always written:
+        // libvirt ignores it when it equals the XML's CPU. Keel's ABI record keeps the whole CPU.
+        var libvirtCPU = status.live.cpu.flatMap { cpu in (try? map.libvirtCPU(for: cpu)) ?? cpu }
+        if libvirtCPU?.model != nil { libvirtCPU?.check = .full }
         return SaveCookie(
-            cpu: libvirtCPU,
+            cpu: libvirtCPU?.model != nil ? libvirtCPU : nil,
             slirpHelper: true,
             abiRecord: ABIRecord(
                 requestedCPU: status.originalCPU ?? status.live.cpu,
@@ -111,7 +113,8 @@ extension Driver {
                     throw QEMUError(.timeout, "migration did not finish within \(timeout)")
                 }
                 try await Task.sleep(for: delay)
-                delay = min(delay * 2, .milliseconds(50))
+                // QEMU answers nothing while it finishes; a short cap keeps the wait close to the end.
+                delay = min(delay * 2, .milliseconds(5))
             }
         }
     }

@@ -170,10 +170,14 @@ extension Driver {
                 return status
             }
         } catch {
+            let exited = !process.isAlive
             process.terminate(grace: .milliseconds(500))
             store.clearRuntime(name)
             if let qmpError = error as? QMP.Error {
-                throw QEMUError(.processExited, "QEMU stopped while starting \(name): \(qmpError)")
+                // QEMU's own words are in its log: they say why better than a closed socket.
+                let detail = QEMUProcess.lastLines(of: store.logPath(name), from: process.logStart)
+                let reason = exited || !detail.isEmpty ? "QEMU failed to start \(name)" : "QEMU stopped while starting \(name)"
+                throw QEMUError(.processExited, reason + ": " + (detail.isEmpty ? "\(qmpError)" : detail))
             }
             throw error
         }

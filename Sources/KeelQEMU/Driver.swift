@@ -71,6 +71,7 @@ public final class Driver: Sendable {
         if machine != definition.os.machine {
             definition = try DomainDefinition(xml: Self.settingMachine(of: definition.xml, to: machine))
         }
+        definition = try DomainDefinition(xml: Self.explicitImplicitDevices(definition.xml))
         try store.save(definition)
         return definition
     }
@@ -157,6 +158,31 @@ public final class Driver: Sendable {
             return false
         } ?? 0
         root.children.insert(.element(XMLElement("uuid", text: uuid)), at: index + 1)
+        return root
+    }
+
+    /// libvirt gives a PC machine a USB controller and a memory balloon unless the XML says
+    /// `model='none'`; Keel gives it neither, and writes that down so that libvirt reading a
+    /// Keel definition (a save image, a migration) builds the same machine.
+    static func explicitImplicitDevices(_ root: XMLElement) -> XMLElement {
+        var root = root
+        var devices = root.child("devices") ?? XMLElement("devices")
+        if !devices.children(named: "controller").contains(where: { $0.attribute("type") == "usb" }) {
+            let usb = XMLElement("controller", attributes: [XMLAttribute("type", "usb"), XMLAttribute("index", "0"), XMLAttribute("model", "none")])
+            let firstAfterDisks = devices.children.firstIndex {
+                if case .element(let element) = $0 { return !["emulator", "disk", "controller"].contains(element.name) }
+                return false
+            } ?? devices.children.count
+            devices.children.insert(.element(usb), at: firstAfterDisks)
+        }
+        if devices.child("memballoon") == nil {
+            devices.append(XMLElement("memballoon", attributes: [XMLAttribute("model", "none")]))
+        }
+        if let index = root.children.firstIndex(where: { if case .element(let element) = $0 { return element.name == "devices" }; return false }) {
+            root.children[index] = .element(devices)
+        } else {
+            root.append(devices)
+        }
         return root
     }
 

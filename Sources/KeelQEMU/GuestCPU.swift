@@ -59,8 +59,11 @@ public enum GuestCPU {
         let bits = try map.bits(of: cpu, .all)
         var argument = model
         if let vendorID = cpu.vendorID { argument += ",vendor=" + vendorID }
+        // Features of another map (libvirt's) that QEMU has no property for (osxsave, ospke,
+        // cmt, …) cannot be set on -cpu: only names the built-in map (QEMU's own) knows are pinned.
+        let known = knownFeatures ?? (try? CPUMap.builtin.get()).map { Set($0.features.map(\.name)) }
         for feature in map.features where isCPUID(feature) {
-            if let knownFeatures, !knownFeatures.contains(feature.name) { continue }
+            if let known, !known.contains(feature.name) { continue }
             let on = feature.bits.isSubset(of: bits)
             argument += ",\(map.qemuFeatureName(for: feature.name))=\(on ? "on" : "off")"
         }

@@ -1,5 +1,6 @@
 import KeelCPU
 import KeelDomain
+import KeelXML
 
 /// Builds QEMU's arguments for a domain. Everything that shapes the guest's ABI comes from the
 /// definition alone, so that a restore or incoming migration builds the same machine as the
@@ -31,7 +32,7 @@ public enum QEMUCommandLine {
         var arguments = [
             "-name", "guest=\(definition.name)",
             "-S", "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "\(options.machine),accel=\(options.accelerator.rawValue)",
+            "-machine", "\(options.machine),accel=\(options.accelerator.rawValue)\(hasACPI(definition) ? "" : ",acpi=off")",
         ]
         if let cpu = options.cpu {
             arguments += ["-cpu", cpu]
@@ -84,17 +85,74 @@ public enum QEMUCommandLine {
             arguments += ["-drive", drive]
             switch bus {
             case "virtio":
-                arguments += ["-device", "virtio-blk-pci,drive=\(id),id=virtio-disk\(index)"]
+                let element = definition.tree.child("devices")?.children(named: "disk").first { $0.child("target")?.attribute("dev") == disk.target }
+                arguments += ["-device", "virtio-blk-pci,drive=\(id),id=virtio-disk\(index)" + (try pciAddress(element))]
             case "ide", "sata":
                 arguments += ["-device", "ide-hd,drive=\(id),id=ide-disk\(index)"]
             default:
                 throw QEMUError(.unsupported, "disk bus '\(bus)' is not supported (virtio, ide)")
             }
         }
+        arguments += try implicitDevices(definition)
         if options.incoming {
             arguments += ["-incoming", "defer"]
         }
         return arguments
+    }
+
+    /// `<features><acpi/>` turns ACPI on, as in libvirt; without it the machine has none.
+    static func hasACPI(_ definition: DomainDefinition) -> Bool {
+        definition.tree.child("features")?.child("acpi") != nil
+    }
+
+    /// The USB controller and memory balloon libvirt gives a PC machine, built from the domain's
+    /// explicit elements (libvirt writes them, with their PCI addresses, into every saved or
+    /// migrated XML). Keel's own definitions say `model='none'` for both (see
+    /// `Driver.define`), so nothing implicit ever differs between Keel and libvirt.
+    static func implicitDevices(_ definition: DomainDefinition) throws -> [String] {
+        var arguments: [String] = []
+        let devices = definition.tree.child("devices")
+        for controller in devices?.children(named: "controller") ?? [] where controller.attribute("type") == "usb" {
+            switch controller.attribute("model") {
+            case "none":
+                continue
+            case nil, "piix3-uhci":
+                arguments += ["-device", "piix3-usb-uhci,id=usb" + (try pciAddress(controller, default: "0x1.0x2"))]
+            case let model?:
+                throw QEMUError(.unsupported, "USB controller model '\(model)' is not supported (piix3-uhci, none)")
+            }
+        }
+        if let balloon = devices?.child("memballoon") {
+            switch balloon.attribute("model") {
+            case "none":
+                break
+            case "virtio":
+                guard balloon.child("address") != nil else {
+                    throw QEMUError(.unsupported, "a virtio memballoon needs its PCI <address> (or use model='none')")
+                }
+                arguments += ["-device", "virtio-balloon-pci,id=balloon0" + (try pciAddress(balloon))]
+            case let model:
+                throw QEMUError(.unsupported, "memballoon model '\(model ?? "")' is not supported (virtio, none)")
+            }
+        }
+        return arguments
+    }
+
+    /// `,bus=pci.0,addr=SLOT[.FUNCTION]` from an element's `<address type='pci'>`, or the default.
+    static func pciAddress(_ element: XMLElement?, default fallback: String? = nil) throws -> String {
+        guard let address = element?.child("address"), address.attribute("type") == "pci" else {
+            return fallback.map { ",bus=pci.0,addr=\($0)" } ?? ""
+        }
+        guard address.attribute("bus").map({ parseMapHex($0) == 0 }) ?? true,
+              let slot = address.attribute("slot").flatMap(parseMapHex) else {
+            throw QEMUError(.unsupported, "PCI address \(address.formatted().trimmingCharacters()) is not supported (bus 0 only)")
+        }
+        let function = address.attribute("function").flatMap(parseMapHex) ?? 0
+        return ",bus=pci.0,addr=0x\(String(slot, radix: 16))" + (function == 0 ? "" : ".0x\(String(function, radix: 16))")
+    }
+
+    static func parseMapHex(_ text: String) -> UInt32? {
+        text.hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
     }
 
     /// QEMU's option syntax doubles commas inside values.

@@ -2,12 +2,21 @@ import Glibc
 
 /// A QEMU process that outlives the command that started it.
 ///
-/// QEMU is started with `-daemonize -pidfile`: the launcher process exits once QEMU is set up
-/// (its QMP socket listening), so a zero exit means QEMU is ready and its pid is in the
-/// pidfile; a non-zero exit means it failed, with the reason in the domain log.
+/// QEMU runs in its own session (setsid) with its stdout and stderr appended to the domain log
+/// for its whole life, so that a failure at any time — also while loading incoming state — is
+/// explained there. It is ready once its QMP socket accepts connections; if it exits first, the
+/// last lines of the log are the error.
 public struct QEMUProcess: Sendable {
     public var pid: Int32
     public var qmpSocket: String
+    /// Where this process's output starts in the domain log.
+    public var logStart: Int = 0
+
+    public init(pid: Int32, qmpSocket: String, logStart: Int = 0) {
+        self.pid = pid
+        self.qmpSocket = qmpSocket
+        self.logStart = logStart
+    }
 
     /// Starts QEMU detached from this process.
     ///
@@ -36,6 +45,15 @@ public struct QEMUProcess: Sendable {
             // dup2 onto itself clears FD_CLOEXEC in the child.
             posix_spawn_file_actions_adddup2(&actions, fd, fd)
         }
+        if passing.isEmpty {
+            // QEMU outlives us: it must not keep our pipes, sockets or locks open.
+            // glibc ≥ 2.34 has posix_spawn_file_actions_addclosefrom_np; Swift's Glibc module
+            // does not import it, so it is looked up at run time.
+            typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+            if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+                _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+            }
+        }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -50,7 +68,7 @@ public struct QEMUProcess: Sendable {
         sigaddset(&defaults, SIGINT)
         sigaddset(&defaults, SIGTERM)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        let argv = [binary] + arguments + ["-daemonize", "-pidfile", pidfile]
+        let argv = [binary] + arguments + ["-pidfile", pidfile]
         let environment = ["PATH=/usr/bin:/bin", "LC_ALL=C"]
         var launcher: pid_t = 0
         let status = withCStrings(argv) { argvPointers in
@@ -61,27 +79,33 @@ public struct QEMUProcess: Sendable {
         guard status == 0 else {
             throw QEMUError(.processExited, "cannot start \(binary): \(errnoText(status))")
         }
-        var exitStatus: Int32 = 0
-        while waitpid(launcher, &exitStatus, 0) < 0 {
-            if errno != EINTR { break }
+        let limit = ContinuousClock.now + .seconds(30)
+        while !socketAccepts(qmpSocket) {
+            var exitStatus: Int32 = 0
+            let reaped = waitpid(launcher, &exitStatus, WNOHANG)
+            if reaped == launcher || ContinuousClock.now > limit {
+                if reaped != launcher {
+                    kill(launcher, SIGKILL)
+                    _ = waitpid(launcher, &exitStatus, 0)
+                }
+                // QEMU may have created its socket before failing; leave nothing stale behind.
+                unlink(qmpSocket)
+                unlink(pidfile)
+                let detail = lastLines(of: log, from: logStart)
+                let reason = reaped == launcher ? "QEMU failed to start" : "QEMU did not open its monitor within 30 s"
+                throw QEMUError(.processExited, reason + (detail.isEmpty ? "" : ": " + detail))
+            }
+            usleep(2_000)
         }
-        let exited = (exitStatus & 0x7f) == 0
-        let code = (exitStatus >> 8) & 0xff
-        guard exited && code == 0 else {
-            // QEMU may have created its socket before failing; leave nothing stale behind.
-            unlink(qmpSocket)
-            unlink(pidfile)
-            let detail = lastLines(of: log, from: logStart)
-            throw QEMUError(.processExited, "QEMU failed to start" + (detail.isEmpty ? "" : ": " + detail))
-        }
-        guard let text = try? POSIXFile.readString(pidfile), let pid = Int32(text.filter(\.isNumber)) else {
-            throw QEMUError(.processExited, "QEMU started but wrote no pid to \(pidfile)")
-        }
-        return QEMUProcess(pid: pid, qmpSocket: qmpSocket)
+        let pid = launcher
+        return QEMUProcess(pid: pid, qmpSocket: qmpSocket, logStart: Int(logStart))
     }
 
     /// Whether the process is alive and is a QEMU (not a recycled pid).
     public var isAlive: Bool {
+        // Reap it when it is our own child that exited (QEMU started by this process).
+        var status: Int32 = 0
+        if waitpid(pid, &status, WNOHANG) == pid { return false }
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
         guard let cmdline = try? POSIXFile.read("/proc/\(pid)/cmdline") else { return false }
         let text = String(decoding: cmdline, as: UTF8.self)
@@ -101,6 +125,23 @@ public struct QEMUProcess: Sendable {
             kill(pid, SIGKILL)
             let hardLimit = ContinuousClock.now + .seconds(5)
             while isAlive && ContinuousClock.now < hardLimit { usleep(10_000) }
+        }
+    }
+
+    /// Whether something listens on the Unix socket at `path`.
+    static func socketAccepts(_ path: String) -> Bool {
+        guard access(path, F_OK) == 0 else { return false }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8.prefix(107))
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
         }
     }
 

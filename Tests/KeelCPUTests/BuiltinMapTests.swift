@@ -59,6 +59,40 @@ struct BuiltinMapTests {
         #expect(compact.isEquivalent(to: xml))
     }
 
+    @Test("the committed compact form of libvirt 9.0's map equals the installed libvirt's (KEEL_RECORD=1 rewrites it)")
+    func libvirtCompactAgrees() throws {
+        guard let installed = TestEnvironment.libvirtMap else { return }
+        let text = installed.compactText()
+        if ProcessInfo.processInfo.environment["KEEL_RECORD"] == "1" {
+            let file = TestEnvironment.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("Sources/KeelCPU/LibvirtCPUMapCompact.generated.swift")
+            let source = "// Generated from libvirt 9.0's cpu_map by KeelCPUTests (KEEL_RECORD=1). Do not edit.\n"
+                + "enum LibvirtCPUMapCompact {\n    static let text = #\"\"\"\n" + text + "\n\"\"\"#\n}\n"
+            try source.write(to: file, atomically: true, encoding: .utf8)
+            print("recorded \(file.path)")
+        }
+        #expect(CPUMap.libvirtCompactText == text, "the committed libvirt map differs from the installed one: run the tests with KEEL_RECORD=1")
+        #expect(try CPUMap.libvirt.get().isEquivalent(to: installed))
+    }
+
+    @Test("a CPU written for libvirt keeps its CPUID bits under libvirt's model definitions", arguments: [
+        "<cpu><model>qemu64</model><feature name='hypervisor'/></cpu>",
+        "<cpu><model>pentium3</model><feature name='apic'/><feature name='x2apic'/><feature name='hypervisor'/><feature name='kvmclock'/></cpu>",
+        "<cpu><model>Skylake-Client-IBRS</model><feature policy='disable' name='hle'/><feature name='vmx'/></cpu>",
+        "<cpu><model>Cascadelake-Server-v4</model></cpu>",
+        "<cpu><model>EPYC</model><feature policy='disable' name='svm'/></cpu>",
+    ])
+    func libvirtVocabulary(xml: String) throws {
+        let map = try Self.map()
+        let libvirt = try CPUMap.libvirt.get()
+        let cpu = try CPUDefinition(xmlString: xml, as: .guest)
+        let translated = try map.libvirtCPU(for: cpu)
+        #expect(translated.features.allSatisfy { CPUMap.libvirtFeatureNames.contains($0.name) })
+        let expected = Set(map.featureNames(in: try map.bits(of: cpu))).intersection(CPUMap.libvirtFeatureNames)
+        let got = Set(libvirt.featureNames(in: try libvirt.bits(of: translated)))
+        #expect(got == expected, "\(translated.formatted())")
+    }
+
     @Test("any map survives the compact form unchanged")
     func compactRoundTrip() throws {
         guard let libvirt = TestEnvironment.libvirtMap else { return }

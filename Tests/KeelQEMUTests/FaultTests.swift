@@ -285,6 +285,7 @@ struct FaultTests {
             } catch let error as QEMUError {
                 #expect(error.code == .processExited)
                 #expect(error.message.contains("QEMU failed to start"), "\(error.message)")
+                #expect(error.message.contains("kernel"), "QEMU's own reason is shown: \(error.message)")
             }
             #expect(try fixture.driver.state(of: name).0 == .shutoff)
             #expect(!FileManager.default.fileExists(atPath: fixture.driver.store.qmpPath(name)))

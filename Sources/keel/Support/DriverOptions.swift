@@ -20,7 +20,8 @@ struct DriverOptions: ParsableArguments {
     /// Opens the driver, turning setup failures into one-line errors.
     func driver() throws -> Driver {
         do {
-            let map = try cpuMap.map { try CPUMap.load(directory: $0) }
+            // --cpu-map, else $KEEL_CPU_MAP, else the built-in map.
+            let map = try CPUMap.resolve(directory: cpuMap)
             return try Driver(stateDirectory: stateDirectory, map: map)
         } catch let error as QEMUError {
             throw CommandFailure(message: error.message)
