@@ -293,4 +293,59 @@ struct LifecycleTests {
             #expect(await code { try await driver.compareHypervisorCPU(qemu64, virtType: "xen") } == .invalidArgument)
         }
     }
+
+    @Test("the CLI verbs print virsh's wording or JSON and fail with one-line errors")
+    func commandLine() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        guard let keel = InteropTests.keel else { print("SKIP: no keel binary beside the test bundle (build with --build-tests)"); return }
+        try await DriverFixture.with { fixture in
+            let state = fixture.driver.store.root
+            func keelRun(_ arguments: String...) throws -> (status: Int32, stdout: String, stderr: String) {
+                try run(keel, arguments + ["--state", state])
+            }
+            func expectError(_ result: (status: Int32, stdout: String, stderr: String), _ message: String, status: Int32 = 1) {
+                #expect(result.status == status)
+                #expect(result.stderr == "error: \(message)\n")
+            }
+            try await boot(fixture, "cli")
+            #expect(try keelRun("domjobinfo", "cli").stdout.hasPrefix("Job type:         None"))
+            #expect(try keelRun("domjobinfo", "cli", "--json").stdout == "{\"type\": \"none\"}\n")
+            expectError(try keelRun("domjobabort", "cli"), "no job is active on domain 'cli'")
+            expectError(try keelRun("shutdown", "cli", "--timeout", "0.5"), "domain 'cli' did not shut down within 0.5 s")
+            #expect(try keelRun("reboot", "cli", "--json").stdout == "{\"name\": \"cli\", \"rebooted\": true}\n")
+            #expect(try keelRun("autostart", "cli").stdout == "Domain 'cli' marked as autostarted\n")
+            #expect(try keelRun("dominfo", "cli", "--json").stdout.contains("\"autostart\": true, \"managedSave\": false"))
+
+            let saved = try keelRun("managedsave", "cli", "--paused", "--json")
+            #expect(saved.status == 0, "\(saved.stderr)")
+            #expect(saved.stdout.contains("/save/cli.save"))
+            #expect(try keelRun("list", "--all", "--managed-save").stdout.contains("cli                  saved"))
+            #expect(try keelRun("dominfo", "cli").stdout.contains("Managed save:   yes"))
+            let xml = try keelRun("managedsave-dumpxml", "cli").stdout
+            #expect(xml.hasPrefix("<domain type='qemu'>"))
+            let xmlFile = fixture.directory.appendingPathComponent("cli-managed.xml")
+            try xml.write(to: xmlFile, atomically: true, encoding: .utf8)
+            #expect(try keelRun("managedsave-define", "cli", xmlFile.path, "--running").stdout == "Managed save state file of domain 'cli' updated.\n")
+            #expect(try keelRun("managedsave-remove", "cli").stdout == "Removed managedsave image for domain 'cli'\n")
+            expectError(try keelRun("managedsave-dumpxml", "cli"), "domain 'cli' does not have managed save image")
+            expectError(try keelRun("managedsave", "cli"), "domain 'cli' is not running")
+            expectError(try keelRun("shutdown", "nope"), "domain 'nope' not found")
+            expectError(try keelRun("managedsave", "cli", "--running", "--paused"), "--running and --paused are mutually exclusive")
+
+            let plain = fixture.directory.appendingPathComponent("qemu64.xml").path
+            let x2apic = fixture.directory.appendingPathComponent("x2apic.xml").path
+            try "<cpu mode='custom' match='exact'><model>qemu64</model></cpu>".write(toFile: plain, atomically: true, encoding: .utf8)
+            try "<cpu mode='custom' match='exact'><model>qemu64</model><feature policy='require' name='x2apic'/></cpu>".write(toFile: x2apic, atomically: true, encoding: .utf8)
+            #expect(try keelRun("hypervisor-cpu-compare", plain, "--virttype", "qemu").stdout
+                == "The CPU provided by hypervisor on the host is a superset of CPU described in \(plain)\n")
+            let incompatible = try keelRun("hypervisor-cpu-compare", x2apic, "--virttype", "qemu")
+            #expect(incompatible.status == 1)
+            #expect(incompatible.stdout == "CPU described in \(x2apic) is incompatible with the CPU provided by hypervisor on the host\n")
+            expectError(try keelRun("hypervisor-cpu-compare", x2apic, "--virttype", "qemu", "--error"),
+                        "the CPU is incompatible with host CPU: Host CPU does not provide required features: x2apic", status: 2)
+            let baseline = try keelRun("hypervisor-cpu-baseline", x2apic, "--virttype", "qemu", "--json")
+            #expect(baseline.status == 0, "\(baseline.stderr)")
+            #expect(baseline.stdout.contains("\"fallback\": \"forbid\""))
+        }
+    }
 }
