@@ -63,7 +63,7 @@ extension Driver {
             }
             _ = try? await client.execute("quit")
         }
-        QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket).terminate(grace: .seconds(3))
+        QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket).terminate(grace: .seconds(3), quitting: .milliseconds(100))
         store.clearRuntime(name)
     }
 

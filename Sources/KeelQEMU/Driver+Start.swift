@@ -54,7 +54,7 @@ extension Driver {
             _ = try? await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(2), commandDeadline: .seconds(2)) { client in
                 try await client.execute("quit")
             }
-            process.terminate(grace: .seconds(3))
+            process.terminate(grace: .seconds(3), quitting: .milliseconds(100))
         }
         store.clearRuntime(name)
     }
@@ -66,7 +66,7 @@ extension Driver {
         guard case (let state, var status?) = try self.state(of: name), state == .running || state == .paused else {
             throw QEMUError(.invalidState, "domain '\(name)' is not running")
         }
-        try await QMP.Client.withConnection(to: status.qmpSocket) { client in
+        _ = try await QMP.Client.withConnection(to: status.qmpSocket) { client in
             try await client.execute(paused ? "stop" : "cont")
         }
         status.state = paused ? .paused : .running
@@ -102,7 +102,7 @@ extension Driver {
         do {
             if cpu.isPassthrough { return cpu }
             let host = capabilities.hostModel
-            if cpu.check != .none, let host {
+            if cpu.check != .none, host != nil {
                 let forbidden = try map.bits(of: cpu, .only(.forbid)).intersection(map.bits(ofFeatures: capabilities.availableFeatures))
                 if let feature = map.features(in: forbidden).first {
                     throw QEMUError(.incompatibleCPU, "Host CPU provides forbidden feature '\(feature.name)'",
