@@ -10,11 +10,16 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "keel", targets: ["keel"]),
+        .executable(name: "keeld", targets: ["keeld"]),
         .library(name: "KeelCPU", targets: ["KeelCPU"]),
         .library(name: "KeelSaveImage", targets: ["KeelSaveImage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // libxml2, the parser libvirt itself uses; see KeelXML for the hardening.
@@ -37,6 +42,29 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The daemon: the driver behind an HTTP/JSON API on a Unix socket.
+        .target(
+            name: "KeelDaemon",
+            dependencies: [
+                "KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQEMU",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "keeld",
+            dependencies: [
+                "KeelDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(name: "keel-bench", dependencies: ["KeelCPU"], path: "benchmarks/KeelBench", swiftSettings: strict),
         .testTarget(name: "KeelXMLTests", dependencies: ["KeelXML"]),
         .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
@@ -46,5 +74,7 @@ let package = Package(
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU"]),
+        // Runs the built `keeld` binary and talks to it over its socket.
+        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU"]),
     ]
 )

@@ -1,0 +1,288 @@
+import Glibc
+import Hummingbird
+import KeelCPU
+import KeelDomain
+import KeelQEMU
+import KeelSaveImage
+import Logging
+
+/// The HTTP/JSON API: every endpoint of `docs/api/openapi.json`, on top of the driver.
+///
+/// Modifying jobs on a domain pass through its `DomainGate` (one at a time in this process; the
+/// driver's `DomainLock` still guards against other processes); queries read the state
+/// directory directly and run alongside. Every job logs one line and counts in the metrics.
+struct API: Sendable {
+    let holder: DriverHolder
+    let gates: DomainGateRegistry
+    let metrics: DaemonMetrics
+    let jobTimeout: Duration
+    let logger: Logger
+
+    var driver: Driver { holder.driver }
+
+    typealias Context = DaemonRequestContext
+
+    /// Every route, for registration and for telling 405 from 404.
+    static let routes: RouteTable = {
+        var table = RouteTable()
+        for (method, path) in endpoints { table.add(method.rawValue, path) }
+        return table
+    }()
+
+    static let endpoints: [(HTTPRequest.Method, String)] = [
+        (.get, "/openapi.json"), (.get, "/metrics"),
+        (.get, "/v1/capabilities"), (.get, "/v1/domcapabilities"),
+        (.get, "/v1/domains"), (.post, "/v1/domains"),
+        (.get, "/v1/domains/{name}"), (.delete, "/v1/domains/{name}"), (.get, "/v1/domains/{name}/xml"),
+        (.post, "/v1/domains/{name}/start"), (.post, "/v1/domains/{name}/destroy"),
+        (.post, "/v1/domains/{name}/suspend"), (.post, "/v1/domains/{name}/resume"),
+        (.post, "/v1/domains/{name}/save"), (.post, "/v1/restore"),
+    ]
+
+    func register(on router: Router<Context>) {
+        router.get("/openapi.json") { _, _ in JSONBody.text(OpenAPIDocument.text, contentType: "application/json") }
+        router.get("/metrics") { _, _ in try self.metricsText() }
+        router.get("/v1/capabilities") { _, _ in try await self.capabilities() }
+        router.get("/v1/domcapabilities") { request, _ in try await self.domainCapabilities(request) }
+        router.get("/v1/domains") { _, _ in try self.list() }
+        router.post("/v1/domains") { request, _ in try await self.define(request) }
+        router.get("/v1/domains/{name}") { _, context in try self.info(try Self.name(context)) }
+        router.delete("/v1/domains/{name}") { _, context in try await self.undefine(try Self.name(context)) }
+        router.get("/v1/domains/{name}/xml") { request, context in try self.xml(try Self.name(context), request) }
+        router.post("/v1/domains/{name}/start") { request, context in try await self.start(try Self.name(context), request) }
+        router.post("/v1/domains/{name}/destroy") { request, context in
+            try await self.simpleJob("destroy", try Self.name(context), request) { driver, name in try await driver.destroy(name: name) }
+        }
+        router.post("/v1/domains/{name}/suspend") { request, context in
+            try await self.simpleJob("suspend", try Self.name(context), request) { driver, name in try await driver.setPaused(name: name, true) }
+        }
+        router.post("/v1/domains/{name}/resume") { request, context in
+            try await self.simpleJob("resume", try Self.name(context), request) { driver, name in try await driver.setPaused(name: name, false) }
+        }
+        router.post("/v1/domains/{name}/save") { request, context in try await self.save(try Self.name(context), request) }
+        router.post("/v1/restore") { request, _ in try await self.restore(request) }
+    }
+
+    // MARK: jobs
+
+    /// Runs a modifying job on `name` through its gate, logging and counting it.
+    func gated<T: Sendable>(
+        _ job: String, _ name: String, started: ContinuousClock.Instant = .now, _ body: @escaping @Sendable (Driver) async throws -> T
+    ) async throws -> T {
+        let driver = self.driver
+        do {
+            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) { try await body(driver) }
+            finish(job, name, outcome: "ok", started: started)
+            return result
+        } catch {
+            finish(job, name, outcome: APIError(error).code, started: started, error: error)
+            throw error
+        }
+    }
+
+    func finish(_ job: String, _ domain: String, outcome: String, started: ContinuousClock.Instant, error: (any Error)? = nil) {
+        let seconds = (ContinuousClock.now - started).secondsValue
+        metrics.recordJob(job, outcome: outcome, seconds: seconds)
+        var metadata: Logger.Metadata = [
+            "domain": "\(domain)", "job": "\(job)", "outcome": "\(outcome)", "duration": "\(String(format3(seconds))) s",
+        ]
+        if let error { metadata["error"] = "\(APIError(error).message)" }
+        logger.log(level: error == nil ? .info : .warning, "job", metadata: metadata)
+    }
+
+    func simpleJob(_ job: String, _ name: String, _ request: Request, _ body: @escaping @Sendable (Driver, String) async throws -> Void) async throws -> Response {
+        _ = try await JSONBody.collect(request)
+        try await gated(job, name) { driver in try await body(driver, name) }
+        return try JSONBody.response(APIModels.JobResult(name: name, job: job, state: try driver.state(of: name).0.rawValue))
+    }
+
+    func define(_ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.DefineRequest.self, from: request)
+        let name: String
+        do {
+            name = try DomainDefinition(xmlString: body.xml).name
+        } catch let error as DomainError {
+            // Worded as the driver words it for the CLI.
+            throw QEMUError(.invalidArgument, error.message)
+        }
+        try DomainStore.validate(name: name)
+        try await gated("define", name) { driver in _ = try await driver.define(xml: body.xml) }
+        return try JSONBody.response(try info(name, driver: driver), status: .created)
+    }
+
+    func undefine(_ name: String) async throws -> Response {
+        try await gated("undefine", name) { driver in try driver.undefine(name: name) }
+        return try JSONBody.response(APIModels.JobResult(name: name, job: "undefine", state: try driver.state(of: name).0.rawValue))
+    }
+
+    func start(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.StartRequest.self, from: request)
+        let status = try await gated("start", name) { driver in try await driver.start(name: name, paused: body.paused ?? false) }
+        return try JSONBody.response(APIModels.JobResult(name: name, job: "start", state: status.state.rawValue))
+    }
+
+    func save(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.SaveRequest.self, from: request)
+        try Self.requireAbsolute(body.file)
+        let compression = try body.compress.map { text in
+            guard let compression = SaveImageCompression(name: text) else {
+                throw APIError.badRequest("unknown compression '\(text)': use raw, gzip, bzip2, xz, lzop or zstd")
+            }
+            return compression
+        } ?? .raw
+        let started = ContinuousClock.now
+        try await gated("save", name, started: started) { driver in
+            try await driver.save(name: name, to: body.file, running: body.running, compression: compression)
+        }
+        let bytes = Self.fileSize(body.file)
+        metrics.recordSave(bytes: bytes, seconds: (ContinuousClock.now - started).secondsValue)
+        return try JSONBody.response(APIModels.SaveResult(
+            name: name, job: "save", state: try driver.state(of: name).0.rawValue, file: body.file, bytes: bytes
+        ))
+    }
+
+    func restore(_ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.RestoreRequest.self, from: request)
+        try Self.requireAbsolute(body.file)
+        let started = ContinuousClock.now
+        let driver = self.driver
+        if body.dryRun == true {
+            let plan = try await driver.planRestore(path: body.file, xml: body.xml)
+            return try JSONBody.response(APIModels.RestorePlan(
+                domain: plan.definition.name, restorable: plan.verdict.restorable,
+                missing: plan.verdict.missing.map { FeatureBody($0.feature, reason: $0.reason) },
+                extra: plan.verdict.extra.map { FeatureBody($0.feature, reason: $0.reason) },
+                reasons: plan.verdict.reasons, cpu: plan.targetCPU?.formatted()
+            ))
+        }
+        // The domain's name (and so its gate) is known only from the image.
+        let name: String
+        do {
+            name = try await driver.planRestore(path: body.file, xml: body.xml).definition.name
+        } catch {
+            finish("restore", body.file, outcome: APIError(error).code, started: started, error: error)
+            throw error
+        }
+        let status = try await gated("restore", name, started: started) { driver in
+            try await driver.restore(path: body.file, running: body.running, xml: body.xml)
+        }
+        metrics.recordRestore(bytes: Self.fileSize(body.file), seconds: (ContinuousClock.now - started).secondsValue)
+        return try JSONBody.response(APIModels.RestoreResult(name: name, job: "restore", state: status.state.rawValue, pid: status.pid))
+    }
+
+    // MARK: queries
+
+    func list() throws -> Response {
+        let domains = try driver.list().map {
+            APIModels.DomainSummary(name: $0.name, uuid: $0.uuid, state: $0.state.rawValue, persistent: $0.persistent, pid: $0.pid)
+        }
+        return try JSONBody.response(APIModels.DomainList(domains: domains))
+    }
+
+    func info(_ name: String) throws -> Response {
+        try JSONBody.response(try info(name, driver: driver))
+    }
+
+    func info(_ name: String, driver: Driver) throws -> APIModels.DomainInfo {
+        let (state, status) = try driver.state(of: name)
+        let definition = try driver.store.definition(name)
+        guard status != nil || definition != nil else {
+            throw QEMUError(.notFound, "domain '\(name)' not found")
+        }
+        let live = state == .shutoff ? nil : status
+        return APIModels.DomainInfo(
+            name: name, uuid: live?.live.uuid ?? definition?.uuid, state: state.rawValue, reason: live?.reason,
+            persistent: definition != nil, pid: live?.pid, accelerator: live?.accelerator.rawValue, qemuVersion: live?.qemuVersion,
+            cpu: (live?.live.cpu ?? definition?.cpu)?.formatted(), originalCPU: live?.originalCPU?.formatted()
+        )
+    }
+
+    func xml(_ name: String, _ request: Request) throws -> Response {
+        let inactive = try Self.flag(request, "inactive")
+        let migratable = try Self.flag(request, "migratable")
+        let definition = try driver.xml(name: name, inactive: inactive, migratable: migratable)
+        return try JSONBody.response(APIModels.XMLDocument(xml: definition.formatted()))
+    }
+
+    func capabilities() async throws -> Response {
+        let driver = self.driver
+        let tcg = try await driver.capabilities(.tcg)
+        let kvm = try await kvmIfAvailable(driver)
+        let host = HostCapabilities(
+            hostUUID: HostCapabilities.hostUUID(stateDirectory: driver.store.root),
+            hostCPU: kvm?.hostCPU(map: driver.map),
+            guests: [tcg] + (kvm.map { [$0] } ?? [])
+        )
+        return try JSONBody.response(APIModels.XMLDocument(xml: host.xmlElement.formatted()))
+    }
+
+    func domainCapabilities(_ request: Request) async throws -> Response {
+        let driver = self.driver
+        let machine = request.uri.queryParameters.get("machine")
+        if let arch = request.uri.queryParameters.get("arch"), arch != "x86_64" {
+            throw APIError.badRequest("architecture '\(arch)' is not supported: only x86_64")
+        }
+        let capabilities: QEMUCapabilities
+        if let virtType = request.uri.queryParameters.get("virttype") {
+            guard let accelerator = QEMUCapabilities.Accelerator(domainType: virtType) else {
+                throw APIError.badRequest("unknown virttype '\(virtType)': use kvm or qemu")
+            }
+            capabilities = try await driver.capabilities(accelerator)
+        } else if let kvm = try await kvmIfAvailable(driver) {
+            capabilities = kvm
+        } else {
+            capabilities = try await driver.capabilities(.tcg)
+        }
+        let element = try capabilities.domainCapabilitiesXML(machine: machine, map: driver.map)
+        return try JSONBody.response(APIModels.XMLDocument(xml: element.formatted()))
+    }
+
+    func metricsText() throws -> Response {
+        var domains: [String: Int] = [:]
+        for domain in try driver.list() { domains[domain.state.rawValue, default: 0] += 1 }
+        return JSONBody.text(metrics.render(domains: domains), contentType: "text/plain; version=0.0.4; charset=utf-8")
+    }
+
+    // MARK: helpers
+
+    func kvmIfAvailable(_ driver: Driver) async throws -> QEMUCapabilities? {
+        do {
+            return try await driver.capabilities(.kvm)
+        } catch let error as QEMUError where error.code == .unsupported {
+            return nil
+        }
+    }
+
+    static func name(_ context: Context) throws -> String {
+        guard let name = context.parameters.get("name") else { throw APIError.badRequest("missing domain name") }
+        try DomainStore.validate(name: name)
+        return name
+    }
+
+    static func flag(_ request: Request, _ key: String) throws -> Bool {
+        guard let value = request.uri.queryParameters.get(key) else { return false }
+        switch value {
+        case "true", "1", "yes", "": return true
+        case "false", "0", "no": return false
+        default: throw APIError.badRequest("query parameter '\(key)' must be true or false, not '\(value)'")
+        }
+    }
+
+    static func requireAbsolute(_ path: String) throws {
+        guard path.hasPrefix("/") else {
+            throw APIError.badRequest("file '\(path)' must be an absolute path (keeld does not share the client's working directory)")
+        }
+    }
+
+    static func fileSize(_ path: String) -> Int64 {
+        var info = stat()
+        return stat(path, &info) == 0 ? Int64(info.st_size) : 0
+    }
+}
+
+/// Three decimals, without Foundation's formatter.
+func format3(_ value: Double) -> String {
+    let milliseconds = Int((value * 1000).rounded())
+    let fraction = String(milliseconds % 1000)
+    return "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+}

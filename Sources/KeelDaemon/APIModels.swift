@@ -1,0 +1,85 @@
+/// Request and response bodies of the API; `docs/api/openapi.json` documents each one.
+enum APIModels {
+    struct DefineRequest: Codable, Sendable {
+        var xml: String
+    }
+
+    struct StartRequest: Codable, Sendable {
+        var paused: Bool?
+    }
+
+    struct SaveRequest: Codable, Sendable {
+        var file: String
+        var running: Bool?
+        var compress: String?
+    }
+
+    struct RestoreRequest: Codable, Sendable {
+        var file: String
+        var running: Bool?
+        var xml: String?
+        var dryRun: Bool?
+    }
+
+    struct DomainSummary: Codable, Sendable {
+        var name: String
+        var uuid: String?
+        var state: String
+        var persistent: Bool
+        var pid: Int32?
+    }
+
+    struct DomainList: Codable, Sendable {
+        var domains: [DomainSummary]
+    }
+
+    struct DomainInfo: Codable, Sendable {
+        var name: String
+        var uuid: String?
+        var state: String
+        var reason: String?
+        var persistent: Bool
+        var pid: Int32?
+        var accelerator: String?
+        var qemuVersion: String?
+        /// The guest CPU: the updated (live) one while running, else the defined one.
+        var cpu: String?
+        /// The CPU the user asked for, kept when QEMU changed it.
+        var originalCPU: String?
+    }
+
+    struct XMLDocument: Codable, Sendable {
+        var xml: String
+    }
+
+    /// The answer of a modifying job on a domain.
+    struct JobResult: Codable, Sendable {
+        var name: String
+        var job: String
+        var state: String
+    }
+
+    struct SaveResult: Codable, Sendable {
+        var name: String
+        var job: String
+        var state: String
+        var file: String
+        var bytes: Int64
+    }
+
+    struct RestoreResult: Codable, Sendable {
+        var name: String
+        var job: String
+        var state: String
+        var pid: Int32
+    }
+
+    struct RestorePlan: Codable, Sendable {
+        var domain: String
+        var restorable: Bool
+        var missing: [FeatureBody]
+        var extra: [FeatureBody]
+        var reasons: [String]
+        var cpu: String?
+    }
+}

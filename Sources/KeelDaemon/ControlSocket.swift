@@ -1,0 +1,159 @@
+import Glibc
+import Hummingbird
+import KeelQEMU
+import NIOCore
+
+/// The Unix socket the API listens on: its directory, a stale socket left by a killed daemon,
+/// its owner and mode, and who may talk through it.
+///
+/// The socket is root-owned with mode 0600, or 0660 with the group of `--group`; the process
+/// umask keeps it private from bind until its mode is set. Each request's peer credentials
+/// (`SO_PEERCRED`) are checked as well, so loosening the file's mode by hand does not open the
+/// API to other users.
+struct ControlSocket: Sendable {
+    let path: String
+    /// The group allowed besides root, with its id.
+    let group: (name: String, id: gid_t)?
+
+    /// Resolves `group`.
+    ///
+    /// - Throws: `QEMUError` `.invalidArgument` for an unknown group.
+    init(path: String, group: String?) throws {
+        self.path = path
+        if let group {
+            guard let entry = getgrnam(group) else {
+                throw QEMUError(.invalidArgument, "unknown group '\(group)'")
+            }
+            self.group = (group, entry.pointee.gr_gid)
+        } else {
+            self.group = nil
+        }
+    }
+
+    var mode: mode_t { group == nil ? 0o600 : 0o660 }
+
+    /// Creates the socket's directory and removes a stale socket; refuses to start when another
+    /// daemon answers on it.
+    ///
+    /// - Throws: `QEMUError` `.busy` when the socket is live, `.io` when the path is unusable.
+    func prepare() throws -> Bool {
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        if !directory.isEmpty {
+            try Self.makeDirectories(directory)
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return false }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw QEMUError(.io, "\(path) exists and is not a socket")
+        }
+        if Self.isLive(path) {
+            throw QEMUError(.busy, "another daemon is listening on \(path)")
+        }
+        guard unlink(path) == 0 else {
+            throw QEMUError(.io, "cannot remove the stale socket \(path): \(String(cString: strerror(errno)))")
+        }
+        return true
+    }
+
+    /// Gives the bound socket its owner and mode.
+    func secure() throws {
+        if let group, chown(path, 0, group.id) != 0 && geteuid() == 0 {
+            throw QEMUError(.io, "cannot give \(path) to group \(group.name): \(String(cString: strerror(errno)))")
+        }
+        guard chmod(path, mode) == 0 else {
+            throw QEMUError(.io, "cannot set the mode of \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Removes the socket if it is still the one this daemon bound (same inode).
+    func remove(inode: ino_t?) {
+        var info = stat()
+        guard let inode, lstat(path, &info) == 0, info.st_ino == inode else { return }
+        unlink(path)
+    }
+
+    var inode: ino_t? {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_ino : nil
+    }
+
+    /// Whether a peer with these credentials may use the API: root, the daemon's own user, or a
+    /// member of the socket's group.
+    func allows(uid: uid_t, gid: gid_t, pid: pid_t) -> Bool {
+        if uid == 0 || uid == geteuid() { return true }
+        guard let group else { return false }
+        if gid == group.id { return true }
+        return Self.supplementaryGroups(of: pid).contains(group.id)
+    }
+
+    static func isLive(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        let bytes = Array(path.utf8)
+        guard bytes.count < capacity else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            for (index, byte) in bytes.enumerated() { buffer[index] = byte }
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return result == 0
+    }
+
+    private static func makeDirectories(_ path: String) throws {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw QEMUError(.io, "cannot create \(prefix): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// The supplementary groups of a process, from `/proc/PID/status`.
+    private static func supplementaryGroups(of pid: pid_t) -> [gid_t] {
+        guard let file = fopen("/proc/\(pid)/status", "r") else { return [] }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0 {
+            guard let line else { break }
+            let text = String(cString: line)
+            if text.hasPrefix("Groups:") {
+                return text.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { gid_t($0) }
+            }
+        }
+        return []
+    }
+}
+
+/// Refuses requests from peers the control socket does not allow (403), whatever the socket
+/// file's mode.
+struct PeerCredentialMiddleware: RouterMiddleware {
+    typealias Context = DaemonRequestContext
+    let socket: ControlSocket
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let provider = context.channel as? any SocketOptionProvider else {
+            throw APIError(status: .forbidden, code: "forbidden", message: "peer credentials are not available on this connection")
+        }
+        // `struct ucred { pid_t pid; uid_t uid; gid_t gid; }` (Linux); Glibc only declares it
+        // under _GNU_SOURCE, and a tuple has the same C layout.
+        let credentials: (pid: pid_t, uid: uid_t, gid: gid_t)
+        do {
+            credentials = try await provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED)).get()
+        } catch {
+            throw APIError(status: .forbidden, code: "forbidden", message: "cannot read the peer's credentials: \(error)")
+        }
+        guard socket.allows(uid: credentials.uid, gid: credentials.gid, pid: credentials.pid) else {
+            context.logger.warning("refused a peer", metadata: ["uid": "\(credentials.uid)", "gid": "\(credentials.gid)", "pid": "\(credentials.pid)"])
+            throw APIError(status: .forbidden, code: "forbidden", message: "uid \(credentials.uid) may not use keeld (root\(socket.group.map { " or group \($0.name)" } ?? "") only)")
+        }
+        return try await next(request, context)
+    }
+}

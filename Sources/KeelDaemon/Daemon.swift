@@ -1,0 +1,106 @@
+import Glibc
+import Hummingbird
+import KeelQEMU
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServiceLifecycle
+
+/// `keeld`'s settings.
+public struct DaemonConfiguration: Sendable {
+    /// The state directory shared with embedded `keel`: definitions, status files, sockets.
+    public var stateDirectory: String
+    /// The API's Unix socket.
+    public var socketPath: String
+    /// A group allowed to use the API besides root (socket mode 0660 instead of 0600).
+    public var group: String?
+    /// How long a modifying job waits for the job in progress on the same domain.
+    public var jobTimeout: Duration
+
+    public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil, jobTimeout: Duration = .seconds(10)) {
+        self.stateDirectory = stateDirectory
+        self.socketPath = socketPath
+        self.group = group
+        self.jobTimeout = jobTimeout
+    }
+}
+
+/// The daemon: the driver behind the HTTP/JSON API on a Unix socket, run as a service group
+/// that shuts down gracefully on SIGTERM and SIGINT (in-flight requests finish; guests keep
+/// running) and reloads `STATE/config.xml` on SIGHUP.
+///
+/// Nothing is probed or reconnected eagerly: the driver keeps no state across processes, so a
+/// restarted daemon finds running guests through their status files, and guests whose QEMU died
+/// meanwhile report `crashed`.
+public struct Daemon: Sendable {
+    public let configuration: DaemonConfiguration
+    public let logger: Logger
+
+    public init(configuration: DaemonConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    ///
+    /// - Throws: `QEMUError` when the state directory, the configuration or the socket is unusable.
+    public func run() async throws {
+        let holder = try DriverHolder(stateDirectory: configuration.stateDirectory)
+        let socket = try ControlSocket(path: configuration.socketPath, group: configuration.group)
+        if try socket.prepare() {
+            logger.notice("removed a stale socket", metadata: ["socket": "\(socket.path)"])
+        }
+        reattach(holder.driver)
+
+        let router = Router(context: DaemonRequestContext.self)
+        router.add(middleware: ErrorMiddleware(routes: API.routes))
+        router.add(middleware: PeerCredentialMiddleware(socket: socket))
+        let api = API(holder: holder, gates: DomainGateRegistry(), metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger)
+        api.register(on: router)
+
+        // Bind with a private umask so the socket is never reachable by others before its mode
+        // is set; restored once the server is listening.
+        let previousMask = umask(0o177)
+        let logger = self.logger
+        let boundInode = NIOLockedValueBox<ino_t?>(nil)
+        let application = Application(
+            router: router,
+            configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socket.path), serverName: "keeld"),
+            onServerRunning: { _ in
+                do {
+                    try socket.secure()
+                } catch {
+                    logger.error("cannot secure the socket", metadata: ["error": "\(error)"])
+                }
+                umask(previousMask)
+                boundInode.withLockedValue { $0 = socket.inode }
+                logger.info("keeld ready", metadata: [
+                    "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
+                ])
+            },
+            logger: logger
+        )
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [application, ReloadService(holder: holder, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+        socket.remove(inode: boundInode.withLockedValue { $0 })
+        logger.info("keeld stopped; guests keep running")
+    }
+
+    /// Logs what a previous daemon (or an embedded `keel`) left running.
+    func reattach(_ driver: Driver) {
+        do {
+            for domain in try driver.list() where domain.state != .shutoff {
+                let level: Logger.Level = domain.state == .crashed ? .warning : .info
+                logger.log(level: level, "found domain", metadata: [
+                    "domain": "\(domain.name)", "state": "\(domain.state.rawValue)", "pid": "\(domain.pid.map(String.init) ?? "-")",
+                ])
+            }
+        } catch {
+            logger.error("cannot list domains", metadata: ["error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Testing
+
+/// Bad requests get a clear error with a code, and keeld keeps serving.
+@Suite("keeld: bad requests", .serialized)
+struct RequestErrorTests {
+    @Test("unknown domains and paths, malformed JSON, invalid XML, oversized bodies and wrong methods: a status, a code, and the daemon keeps serving")
+    func badRequests() async throws {
+        try await Keeld.with { keeld in
+            let unknown = try keeld.get("/v1/domains/nosuch")
+            #expect(unknown.status == 404)
+            #expect(unknown.errorCode == "not-found")
+            #expect(unknown.errorMessage.contains("nosuch"))
+            #expect(try keeld.post("/v1/domains/nosuch/start").status == 404)
+            #expect(try keeld.post("/v1/domains/nosuch/destroy").status == 409, "destroying a shut-off domain is an invalid state")
+            #expect(try keeld.get("/v1/domains/nosuch/xml").errorCode == "not-found")
+            #expect(try keeld.get("/v2/everything").errorCode == "not-found")
+
+            let malformed = try UnixHTTP.request(socket: keeld.socket, method: "POST", path: "/v1/domains", body: Data("{\"xml\": ".utf8))
+            #expect(malformed.status == 400)
+            #expect(malformed.errorCode == "bad-request")
+            #expect(malformed.errorMessage.contains("malformed JSON"))
+            let missing = try keeld.post("/v1/domains", ["nothing": true])
+            #expect(missing.status == 400)
+            #expect(missing.errorMessage.contains("'xml'"), "\(missing.errorMessage)")
+            let invalidXML = try keeld.post("/v1/domains", ["xml": "<domain type='qemu'><name>x</name>"])
+            #expect(invalidXML.status == 400)
+            #expect(invalidXML.errorCode == "invalid-argument")
+            let badName = try keeld.get("/v1/domains/..")
+            #expect([400, 404].contains(badName.status))
+            let badFlag = try keeld.get("/v1/domains/nosuch/xml?inactive=maybe")
+            #expect(badFlag.status == 400)
+            let relative = try keeld.post("/v1/restore", ["file": "relative.img"])
+            #expect(relative.status == 400)
+            #expect(relative.errorMessage.contains("absolute"))
+            let notAnImage = try keeld.post("/v1/restore", ["file": "/dev/null", "dryRun": true])
+            #expect(notAnImage.status == 400, "\(notAnImage.text)")
+            let badVirtType = try keeld.get("/v1/domcapabilities?virttype=xen")
+            #expect(badVirtType.status == 400)
+
+            let oversized = try UnixHTTP.request(
+                socket: keeld.socket, method: "POST", path: "/v1/domains",
+                body: Data(("{\"xml\": \"" + String(repeating: "x", count: 2 << 20) + "\"}").utf8)
+            )
+            #expect(oversized.status == 413)
+            #expect(oversized.errorCode == "payload-too-large")
+
+            let wrongMethod = try UnixHTTP.request(socket: keeld.socket, method: "PUT", path: "/v1/domains")
+            #expect(wrongMethod.status == 405)
+            #expect(wrongMethod.errorCode == "method-not-allowed")
+            #expect(wrongMethod.headers["allow"] == "GET, POST")
+            #expect(try UnixHTTP.request(socket: keeld.socket, method: "DELETE", path: "/v1/domains/x/start").status == 405)
+
+            #expect(try keeld.get("/v1/domains").status == 200, "the daemon still serves")
+            #expect(keeld.isRunning)
+        }
+    }
+
+    @Test("the socket is root-only (0600); a non-root peer cannot connect, and is refused by its credentials even through a loosened socket")
+    func socketAccess() async throws {
+        try await Keeld.with { keeld in
+            var info = stat()
+            #expect(lstat(keeld.socket, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o600)
+            #expect(info.st_uid == geteuid())
+            guard geteuid() == 0 else { print("SKIP: not root; a non-root peer cannot be simulated"); return }
+            guard let asNobody = NobodyClient.command else { print("SKIP: \(NobodyClient.unavailableReason)"); return }
+            let denied = try NobodyClient.get(asNobody, socket: keeld.socket, path: "/v1/domains")
+            #expect(denied.status != 0 && denied.output.contains("PermissionError"), "\(denied)")
+            chmod(keeld.socket, 0o666)
+            let refused = try NobodyClient.get(asNobody, socket: keeld.socket, path: "/v1/domains")
+            #expect(refused.output.hasPrefix("HTTP/1.1 403"), "\(refused)")
+            #expect(refused.output.contains("\"forbidden\""), "\(refused)")
+            #expect(try keeld.get("/v1/domains").status == 200, "root still gets in")
+        }
+    }
+
+    @Test("--group opens the socket (0660) and the API to that group")
+    func groupAccess() async throws {
+        guard geteuid() == 0 else { print("SKIP: not root; the socket's group cannot be set"); return }
+        guard let group = getgrgid(65534).map({ String(cString: $0.pointee.gr_name) }) else {
+            print("SKIP: no group with id 65534 to grant access to"); return
+        }
+        try await Keeld.with(arguments: ["--group", group]) { keeld in
+            var info = stat()
+            #expect(lstat(keeld.socket, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o660)
+            #expect(info.st_gid == 65534)
+            guard let asNobody = NobodyClient.command else { print("SKIP: \(NobodyClient.unavailableReason)"); return }
+            let allowed = try NobodyClient.get(asNobody, socket: keeld.socket, path: "/v1/domains")
+            #expect(allowed.output.hasPrefix("HTTP/1.1 200"), "\(allowed)")
+        }
+    }
+}
+
+/// Runs an HTTP GET over a Unix socket as user nobody (uid and gid 65534).
+enum NobodyClient {
+    static let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// The command prefix that drops to nobody, or nil.
+    static let command: [String]? = {
+        guard python != nil else { return nil }
+        for setpriv in ["/usr/bin/setpriv", "/bin/setpriv"] where FileManager.default.isExecutableFile(atPath: setpriv) {
+            return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        }
+        for runuser in ["/usr/sbin/runuser", "/sbin/runuser"] where FileManager.default.isExecutableFile(atPath: runuser) {
+            return [runuser, "-u", "nobody", "--"]
+        }
+        return nil
+    }()
+
+    static var unavailableReason: String {
+        python == nil ? "python3 is not installed; no client can run as nobody" : "neither setpriv nor runuser exists; nothing can run as nobody"
+    }
+
+    static let script = """
+        import socket, sys
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sys.argv[1])
+        s.sendall(("GET %s HTTP/1.1\\r\\nHost: keeld\\r\\nConnection: close\\r\\n\\r\\n" % sys.argv[2]).encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        sys.stdout.write(data.decode())
+        """
+
+    static func get(_ command: [String], socket: String, path: String) throws -> (status: Int32, output: String) {
+        let argv = command + [python ?? "python3", "-c", script, socket, path]
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("keeld-nobody-\(UUID().uuidString.prefix(8)).out").path
+        defer { unlink(output) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var cArguments = argv.map { strdup($0) } + [nil]
+        defer { for argument in cArguments { free(argument) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, argv[0], &actions, nil, &cArguments, environ)
+        guard result == 0 else { throw UnixHTTP.Failure(description: "cannot run \(argv[0]): \(String(cString: strerror(result)))") }
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        return (status, text)
+    }
+}
