@@ -25,7 +25,7 @@ struct API: Sendable {
     /// Every route, for registration and for telling 405 from 404.
     static let routes: RouteTable = {
         var table = RouteTable()
-        for (method, path) in endpoints { table.add(method.rawValue, path) }
+        for (method, path) in endpoints + lifecycleEndpoints { table.add(method.rawValue, path) }
         return table
     }()
 
@@ -61,6 +61,7 @@ struct API: Sendable {
         }
         router.post("/v1/domains/{name}/save") { request, context in try await self.save(try Self.name(context), request) }
         router.post("/v1/restore") { request, _ in try await self.restore(request) }
+        registerLifecycle(on: router)
     }
 
     // MARK: jobs
@@ -193,7 +194,8 @@ struct API: Sendable {
         return APIModels.DomainInfo(
             name: name, uuid: live?.live.uuid ?? definition?.uuid, state: state.rawValue, reason: live?.reason,
             persistent: definition != nil, pid: live?.pid, accelerator: live?.accelerator.rawValue, qemuVersion: live?.qemuVersion,
-            cpu: (live?.live.cpu ?? definition?.cpu)?.formatted(), originalCPU: live?.originalCPU?.formatted()
+            cpu: (live?.live.cpu ?? definition?.cpu)?.formatted(), originalCPU: live?.originalCPU?.formatted(),
+            autostart: driver.isAutostart(name: name), managedSave: driver.hasManagedSave(name: name)
         )
     }
 

@@ -54,11 +54,14 @@ struct APIError: Error, Sendable {
         }
     }
 
+    /// A job stopped by an abort request.
+    static let aborted = QEMUError.Code(rawValue: "aborted")
+
     /// The HTTP status for a driver error code.
     static func status(for code: QEMUError.Code) -> HTTPResponse.Status {
         switch code {
         case .notFound: return .notFound
-        case .busy, .invalidState, .alreadyExists: return .conflict
+        case .busy, .invalidState, .alreadyExists, Self.aborted: return .conflict
         case .incompatibleCPU: return .unprocessableContent
         case .invalidArgument, .unsupported: return .badRequest
         default: return .internalServerError

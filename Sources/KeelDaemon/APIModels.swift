@@ -46,6 +46,10 @@ enum APIModels {
         var cpu: String?
         /// The CPU the user asked for, kept when QEMU changed it.
         var originalCPU: String?
+        /// Whether the domain is marked for autostart.
+        var autostart: Bool
+        /// Whether a managed-save image waits for the next start.
+        var managedSave: Bool
     }
 
     struct XMLDocument: Codable, Sendable {

@@ -8,7 +8,7 @@ enum OpenAPIDocument {
   "info": {
     "title": "keeld API",
     "version": "1.0.0",
-    "description": "The Keel daemon's HTTP/JSON API, served on a Unix socket (default /run/keel/keeld.sock, root-only mode 0600, or 0660 for the group of `--group`; peers are also checked by their credentials). Domain names are path components (letters, digits and - _ . +).\n\nModifying jobs on one domain (define, undefine, start, destroy, suspend, resume, save, restore) run one at a time: a second one waits for the job in progress up to keeld's `--job-timeout` (10 s by default), then fails with 409 and code `busy`, naming that job. Queries run alongside jobs. Request bodies are capped at 1 MiB (413). Every error has the `Error` body, whose `code` is stable: not-found, busy, invalid-state, already-exists, incompatible-cpu (with `features`), invalid-argument, unsupported, bad-request, payload-too-large, method-not-allowed, forbidden, timeout, process-exited, io, internal."
+    "description": "The Keel daemon's HTTP/JSON API, served on a Unix socket (default /run/keel/keeld.sock, root-only mode 0600, or 0660 for the group of `--group`; peers are also checked by their credentials). Domain names are path components (letters, digits and - _ . +).\n\nModifying jobs on one domain (define, undefine, start, destroy, suspend, resume, reboot, save, managedsave and its removal, autostart, restore) run one at a time: a second one waits for the job in progress up to keeld's `--job-timeout` (10 s by default), then fails with 409 and code `busy`, naming that job. Queries run alongside jobs. Request bodies are capped at 1 MiB (413). Every error has the `Error` body, whose `code` is stable: not-found, busy, invalid-state, already-exists, aborted, incompatible-cpu (with `features`), invalid-argument, unsupported, bad-request, payload-too-large, method-not-allowed, forbidden, timeout, process-exited, io, internal."
   },
   "servers": [
     {
@@ -696,6 +696,388 @@ enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/domains/{name}/shutdown": {
+      "post": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Shut a domain down",
+        "operationId": "shutdownDomain",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Presses the ACPI power button (QMP system_powerdown) and waits for QEMU to exit (job `shutdown`). Never kills: a guest that ignores the request keeps running and the job fails with code `timeout`. The domain is held only while the request is sent, so destroy works during the wait.",
+        "requestBody": {
+          "required": false,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ShutdownRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "QEMU exited.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/JobResult"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/domains/{name}/reboot": {
+      "post": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Reboot a domain",
+        "description": "Resets the guest (QMP system_reset, job `reboot`): it boots again in the same QEMU, with the same CPU. A body, if any, is ignored.",
+        "operationId": "rebootDomain",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "The job finished; `state` is the domain's state after it.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/JobResult"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/domains/{name}/managedsave": {
+      "get": {
+        "tags": [
+          "domains"
+        ],
+        "summary": "Managed-save XML",
+        "operationId": "getManagedSaveXML",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "The domain XML stored in the domain's managed-save image (the original CPU; the updated one is in the cookie).",
+        "responses": {
+          "200": {
+            "description": "The XML.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/XMLDocument"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      },
+      "post": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Managed save",
+        "operationId": "managedSaveDomain",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Saves a running persistent domain to STATE/save/NAME.save and stops it (job `managedsave`); the next start restores it.",
+        "requestBody": {
+          "required": false,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ManagedSaveRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The image is complete and the domain stopped.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/SaveResult"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      },
+      "delete": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Remove the managed save",
+        "operationId": "removeManagedSave",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Removes the managed-save image (job `managedsave-remove`); the next start boots fresh.",
+        "responses": {
+          "200": {
+            "description": "Whether there was an image to remove.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/ManagedSaveRemoved"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/domains/{name}/autostart": {
+      "put": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Set autostart",
+        "operationId": "setAutostart",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Marks or unmarks a persistent domain for autostart (job `autostart`).",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/AutostartRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The domain, with `autostart` as set.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/DomainInfo"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/domains/{name}/job": {
+      "get": {
+        "tags": [
+          "domains"
+        ],
+        "summary": "The job in progress",
+        "operationId": "getDomainJob",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "The save, restore or migration running on the domain (in this or another process), with QEMU's progress; `job` is absent when none is.",
+        "responses": {
+          "200": {
+            "description": "The job, if any.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/JobInfo"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/domains/{name}/job/abort": {
+      "post": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Abort the job in progress",
+        "operationId": "abortDomainJob",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Asks the running save, restore or migration to stop and waits until it has (job `abort`, never waiting for the domain's gate, which the job to abort holds). A save is cancelled in QEMU (the image is discarded and the guest resumes as it was) and fails with code `aborted`; a restore stops its QEMU. Fails with invalid-state when no job is active.",
+        "requestBody": {
+          "required": false,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ShutdownRequest"
+              }
+            }
+          },
+          "description": "`timeout`: seconds to wait for the job to stop (default 30)."
+        },
+        "responses": {
+          "200": {
+            "description": "The job as last recorded before it stopped.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/JobInfo"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
     }
   },
   "components": {
@@ -733,7 +1115,7 @@ enum OpenAPIDocument {
         }
       },
       "Conflict": {
-        "description": "The domain is busy with another job (code busy, naming it), in the wrong state (invalid-state) or defined differently (already-exists).",
+        "description": "The domain is busy with another job (code busy, naming it), in the wrong state (invalid-state), defined differently (already-exists), or the job was aborted (aborted).",
         "content": {
           "application/json": {
             "schema": {
@@ -980,7 +1362,9 @@ enum OpenAPIDocument {
         "required": [
           "name",
           "state",
-          "persistent"
+          "persistent",
+          "autostart",
+          "managedSave"
         ],
         "properties": {
           "name": {
@@ -1021,6 +1405,14 @@ enum OpenAPIDocument {
           "originalCPU": {
             "type": "string",
             "description": "The <cpu> XML the user asked for, present when QEMU changed it."
+          },
+          "autostart": {
+            "type": "boolean",
+            "description": "Whether the domain is marked for autostart."
+          },
+          "managedSave": {
+            "type": "boolean",
+            "description": "Whether a managed-save image waits for the next start."
           }
         }
       },
@@ -1108,6 +1500,121 @@ enum OpenAPIDocument {
             "type": "boolean",
             "default": false,
             "description": "Only decide whether this host can reproduce the saved CPU."
+          }
+        }
+      },
+      "ShutdownRequest": {
+        "type": "object",
+        "properties": {
+          "timeout": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 3600,
+            "description": "Seconds to wait (shutdown: 60 by default)."
+          }
+        }
+      },
+      "ManagedSaveRequest": {
+        "type": "object",
+        "properties": {
+          "running": {
+            "type": "boolean",
+            "description": "What the restore does: resume (true), stay paused (false), or as the guest was (absent)."
+          }
+        }
+      },
+      "ManagedSaveRemoved": {
+        "type": "object",
+        "required": [
+          "name",
+          "job",
+          "removed"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "job": {
+            "type": "string",
+            "example": "managedsave-remove"
+          },
+          "removed": {
+            "type": "boolean"
+          }
+        }
+      },
+      "AutostartRequest": {
+        "type": "object",
+        "required": [
+          "enabled"
+        ],
+        "properties": {
+          "enabled": {
+            "type": "boolean"
+          }
+        }
+      },
+      "Job": {
+        "type": "object",
+        "required": [
+          "operation",
+          "pid",
+          "status",
+          "elapsedMilliseconds"
+        ],
+        "properties": {
+          "operation": {
+            "type": "string",
+            "enum": [
+              "save",
+              "restore",
+              "migration-out",
+              "migration-in"
+            ]
+          },
+          "pid": {
+            "type": "integer",
+            "format": "int32",
+            "description": "The process running the job."
+          },
+          "status": {
+            "type": "string",
+            "description": "QEMU's migration status: setup, active, completed, …"
+          },
+          "elapsedMilliseconds": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "dataTotal": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "dataProcessed": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "dataRemaining": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "memoryBandwidth": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Bytes per second."
+          }
+        }
+      },
+      "JobInfo": {
+        "type": "object",
+        "required": [
+          "name"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "job": {
+            "$ref": "#/components/schemas/Job"
           }
         }
       },

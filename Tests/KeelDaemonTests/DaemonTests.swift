@@ -193,3 +193,54 @@ func eventually<T>(timeout: TimeInterval = 10, _ body: () throws -> T?) async th
     }
     throw UnixHTTP.Failure(description: "condition not met within \(timeout) s")
 }
+
+/// The lifecycle verbs through the API.
+@Suite("keeld: lifecycle jobs", .serialized)
+struct LifecycleAPITests {
+    @Test("autostart, reboot, a save aborted through the job endpoint, managed save and its restore, a shutdown the guest ignores")
+    func lifecycle() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Keeld.with { keeld in
+            #expect(try keeld.post("/v1/domains", ["xml": keeld.domainXML(name: "life", memoryMiB: 320, cmdline: "fill=256")]).status == 201)
+            #expect(try keeld.post("/v1/domains/life/start").status == 200)
+            try keeld.waitForSerial("life", "FILLED")
+            let autostart = try UnixHTTP.json(socket: keeld.socket, "PUT", "/v1/domains/life/autostart", ["enabled": true])
+            #expect(autostart.status == 200, "\(autostart.text)")
+            #expect(autostart.json["autostart"] as? Bool == true)
+            #expect(try keeld.post("/v1/domains/life/reboot").json["state"] as? String == "running")
+
+            #expect(try keeld.get("/v1/domains/life/job").json["job"] == nil, "no job")
+            #expect(try keeld.post("/v1/domains/life/job/abort").errorCode == "invalid-state")
+            let socket = keeld.socket
+            let image = keeld.directory.appendingPathComponent("aborted.img").path
+            async let save = Keeld.background(socket: socket, "POST", "/v1/domains/life/save", ["file": image])
+            let job = try await eventually(timeout: 20) { () -> [String: Any]? in
+                try keeld.get("/v1/domains/life/job").json["job"] as? [String: Any]
+            }
+            #expect(job["operation"] as? String == "save")
+            let aborted = try await Keeld.background(socket: socket, "POST", "/v1/domains/life/job/abort")
+            #expect(aborted.status == 200, "the abort runs while the save holds the domain: \(aborted.text)")
+            let refused = try await save
+            #expect(refused.status == 409, "\(refused.text)")
+            #expect(refused.errorCode == "aborted")
+            #expect(!FileManager.default.fileExists(atPath: image), "the image is discarded")
+            #expect(try keeld.get("/v1/domains/life").json["state"] as? String == "running")
+
+            let managed = try keeld.post("/v1/domains/life/managedsave")
+            #expect(managed.status == 200, "\(managed.text)")
+            #expect(managed.json["state"] as? String == "shutoff")
+            #expect(try keeld.get("/v1/domains/life").json["managedSave"] as? Bool == true)
+            #expect((try keeld.get("/v1/domains/life/managedsave").json["xml"] as? String)?.contains("<name>life</name>") == true)
+            #expect(try keeld.post("/v1/domains/life/start").json["state"] as? String == "running")
+            #expect(try keeld.get("/v1/domains/life").json["reason"] as? String == "restored", "start restored the managed save")
+
+            // The test guest ignores ACPI: shutdown times out and leaves it running.
+            let shutdown = try keeld.post("/v1/domains/life/shutdown", ["timeout": 0.5])
+            #expect(shutdown.errorCode == "timeout", "\(shutdown.text)")
+            #expect(try keeld.get("/v1/domains/life").json["state"] as? String == "running")
+            #expect(try keeld.post("/v1/domains/life/destroy").status == 200)
+            #expect(try keeld.delete("/v1/domains/life/managedsave").json["name"] as? String == "life")
+            #expect(try keeld.get("/metrics").text.contains(#"keel_jobs_total{job="save",outcome="aborted"} 1"#))
+        }
+    }
+}

@@ -1,0 +1,139 @@
+import Hummingbird
+import KeelQEMU
+
+/// Shutdown, reboot, managed save, autostart and the job in progress.
+extension API {
+    static let lifecycleEndpoints: [(HTTPRequest.Method, String)] = [
+        (.post, "/v1/domains/{name}/shutdown"), (.post, "/v1/domains/{name}/reboot"),
+        (.get, "/v1/domains/{name}/managedsave"), (.post, "/v1/domains/{name}/managedsave"), (.delete, "/v1/domains/{name}/managedsave"),
+        (.put, "/v1/domains/{name}/autostart"),
+        (.get, "/v1/domains/{name}/job"), (.post, "/v1/domains/{name}/job/abort"),
+    ]
+
+    func registerLifecycle(on router: Router<Context>) {
+        router.post("/v1/domains/{name}/shutdown") { request, context in try await self.shutdown(try Self.name(context), request) }
+        router.post("/v1/domains/{name}/reboot") { request, context in
+            try await self.simpleJob("reboot", try Self.name(context), request) { driver, name in try await driver.reboot(name: name) }
+        }
+        router.get("/v1/domains/{name}/managedsave") { _, context in
+            let name = try Self.name(context)
+            return try JSONBody.response(APIModels.XMLDocument(xml: try self.driver.managedSaveXML(name: name)))
+        }
+        router.post("/v1/domains/{name}/managedsave") { request, context in try await self.managedSave(try Self.name(context), request) }
+        router.delete("/v1/domains/{name}/managedsave") { _, context in
+            let name = try Self.name(context)
+            let removed = try await self.gated("managedsave-remove", name) { driver in try driver.removeManagedSave(name: name) }
+            return try JSONBody.response(APIModels.ManagedSaveRemoved(name: name, job: "managedsave-remove", removed: removed))
+        }
+        router.put("/v1/domains/{name}/autostart") { request, context in
+            let name = try Self.name(context)
+            let body = try await JSONBody.decode(APIModels.AutostartRequest.self, from: request)
+            try await self.gated("autostart", name) { driver in try driver.setAutostart(name: name, body.enabled) }
+            return try JSONBody.response(try self.info(name, driver: self.driver))
+        }
+        router.get("/v1/domains/{name}/job") { _, context in
+            let name = try Self.name(context)
+            return try JSONBody.response(APIModels.JobInfo(name: name, job: try self.driver.jobInfo(name: name).map(APIModels.Job.init)))
+        }
+        router.post("/v1/domains/{name}/job/abort") { request, context in try await self.abortJob(try Self.name(context), request) }
+    }
+
+    /// Asks the guest to power off and waits for QEMU to exit. Not gated for the wait: as in the
+    /// driver, the domain is held only while the request is sent, so `destroy` works meanwhile.
+    func shutdown(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
+        let timeout = try Self.seconds(body.timeout, default: 60, field: "timeout")
+        try await ungated("shutdown", name) { driver in try await driver.shutdown(name: name, timeout: timeout) }
+        return try JSONBody.response(APIModels.JobResult(name: name, job: "shutdown", state: try driver.state(of: name).0.rawValue))
+    }
+
+    func managedSave(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.ManagedSaveRequest.self, from: request)
+        let started = ContinuousClock.now
+        try await gated("managedsave", name, started: started) { driver in try await driver.managedSave(name: name, running: body.running) }
+        let bytes = Self.fileSize(driver.store.managedSavePath(name))
+        metrics.recordSave(bytes: bytes, seconds: (ContinuousClock.now - started).secondsValue)
+        return try JSONBody.response(APIModels.SaveResult(
+            name: name, job: "managedsave", state: try driver.state(of: name).0.rawValue, file: driver.store.managedSavePath(name), bytes: bytes
+        ))
+    }
+
+    /// Stops the save or restore in progress. Never gated: the job to abort holds the gate.
+    func abortJob(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
+        let timeout = try Self.seconds(body.timeout, default: 30, field: "timeout")
+        let job = try await ungated("abort", name) { driver in try await driver.abortJob(name: name, timeout: timeout) }
+        return try JSONBody.response(APIModels.JobInfo(name: name, job: APIModels.Job(job)))
+    }
+
+    /// Runs a job that must not wait for the domain's gate, logging and counting it.
+    func ungated<T: Sendable>(_ job: String, _ name: String, _ body: @escaping @Sendable (Driver) async throws -> T) async throws -> T {
+        let started = ContinuousClock.now
+        do {
+            let result = try await body(driver)
+            finish(job, name, outcome: "ok", started: started)
+            return result
+        } catch {
+            finish(job, name, outcome: APIError(error).code, started: started, error: error)
+            throw error
+        }
+    }
+
+    static func seconds(_ value: Double?, default fallback: Int64, field: String) throws -> Duration {
+        guard let value else { return .seconds(fallback) }
+        guard value.isFinite, value >= 0, value <= 3600 else {
+            throw APIError.badRequest("'\(field)' must be between 0 and 3600 seconds")
+        }
+        return .milliseconds(Int64((value * 1000).rounded()))
+    }
+}
+
+extension APIModels {
+    struct ShutdownRequest: Codable, Sendable {
+        /// Seconds to wait.
+        var timeout: Double?
+    }
+
+    struct ManagedSaveRequest: Codable, Sendable {
+        var running: Bool?
+    }
+
+    struct ManagedSaveRemoved: Codable, Sendable {
+        var name: String
+        var job: String
+        var removed: Bool
+    }
+
+    struct AutostartRequest: Codable, Sendable {
+        var enabled: Bool
+    }
+
+    /// A save, restore or migration in progress, as `domjobinfo` shows it.
+    struct Job: Codable, Sendable {
+        var operation: String
+        var pid: Int32
+        var status: String
+        var elapsedMilliseconds: Int64
+        var dataTotal: UInt64?
+        var dataProcessed: UInt64?
+        var dataRemaining: UInt64?
+        var memoryBandwidth: UInt64?
+
+        init(_ job: DomainJob) {
+            operation = job.operation.rawValue
+            pid = job.pid
+            status = job.status
+            elapsedMilliseconds = job.elapsedMilliseconds()
+            dataTotal = job.dataTotal
+            dataProcessed = job.dataProcessed
+            dataRemaining = job.dataRemaining
+            memoryBandwidth = job.memoryBandwidth
+        }
+    }
+
+    struct JobInfo: Codable, Sendable {
+        var name: String
+        /// nil when no job is active.
+        var job: Job?
+    }
+}
