@@ -1,5 +1,8 @@
 import ArgumentParser
+import Glibc
+import KeelDomain
 import KeelQEMU
+import KeelSaveImage
 
 /// `keel restore FILE`: restores a domain from a save image, keeping its CPU exactly.
 struct DomainRestore: AsyncParsableCommand {
@@ -48,7 +51,15 @@ struct DomainRestore: AsyncParsableCommand {
             return
         }
         let override: Bool? = running ? true : (paused ? false : nil)
-        let status = try await driverCall { try await driver.restore(path: file, running: override, xml: xml) }
+        // On a terminal, the domain's name (its job record drives the progress bar) comes from
+        // the image's data area; piped, nothing extra is read.
+        let name = isatty(2) == 1 ? (try? SaveImage.read(path: file)).flatMap { try? DomainDefinition(xmlString: $0.dataArea.xml).name } : nil
+        let status = try await driverCall {
+            guard let name else { return try await driver.restore(path: file, running: override, xml: xml) }
+            return try await withProgress(driver: driver, domain: name, label: "Restore") {
+                try await driver.restore(path: file, running: override, xml: xml)
+            }
+        }
         Output.print(json ? JSON.object([("name", .string(status.live.name)), ("state", .string(status.state.rawValue))]).text + "\n"
                           : "Domain '\(status.live.name)' restored from \(file)\n")
     }

@@ -27,7 +27,11 @@ struct DomainSave: AsyncParsableCommand {
         let driver = try options.driver()
         let compression = SaveImageCompression(name: compress) ?? .raw
         let override: Bool? = running ? true : (paused ? false : nil)
-        try await driverCall { try await driver.save(name: name, to: file, running: override, compression: compression) }
+        try await driverCall {
+            try await withProgress(driver: driver, domain: name, label: "Save") {
+                try await driver.save(name: name, to: file, running: override, compression: compression)
+            }
+        }
         Output.print(json ? JSON.object([("name", .string(name)), ("file", .string(file))]).text + "\n" : "Domain '\(name)' saved to \(file)\n")
     }
 }
