@@ -35,7 +35,7 @@ actor DomainGate {
         while let held = current {
             if ContinuousClock.now >= deadline {
                 let elapsed = ContinuousClock.now - held.since
-                throw QEMUError(.busy, "domain \(name) is busy: \(held.kind) in progress for \(elapsed.seconds) (waited \(timeout.seconds))")
+                throw QEMUError(.busy, "domain \(name) is busy: \(held.kind) in progress for \(elapsed.secondsText) (waited \(timeout.secondsText))")
             }
             // The actor is free while this task sleeps, so the holder can leave meanwhile.
             try await Task.sleep(for: pollInterval)
@@ -60,7 +60,7 @@ actor DomainGateRegistry {
 
 extension Duration {
     /// "1.5 s", for messages.
-    var seconds: String {
+    var secondsText: String {
         let (whole, fraction) = components
         let milliseconds = fraction / 1_000_000_000_000_000
         if milliseconds == 0 { return "\(whole) s" }
