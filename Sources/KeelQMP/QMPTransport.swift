@@ -1,4 +1,7 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension QMP {
     /// The QMP state machine on a connected socket: a dedicated reader thread feeds
@@ -52,8 +55,10 @@ extension QMP {
 
         /// Starts the reader thread. Call once; ``shutdown()`` waits for the thread to end.
         func start() {
-            // A dedicated queue whose worker blocks in recv(); shutdown() wakes it.
-            DispatchQueue(label: "keel-qmp-reader").async { [self] in readLoop() }
+            // A thread of its own that blocks in recv(); shutdown() wakes it. Not a Dispatch
+            // queue: blocked readers would use up Dispatch's small worker pool (one per core)
+            // and starve the deadline timers of every other connection.
+            ReaderThread.start { [self] in readLoop() }
         }
 
         var isConnected: Bool {
@@ -285,6 +290,32 @@ extension QMP {
                 if done { continuation.resume() }
             }
             UnixSocket.release(fd)
+        }
+    }
+}
+
+/// Starts a detached POSIX thread (Foundation's Thread would pull Foundation into every process
+/// that talks QMP).
+enum ReaderThread {
+    final class Body: Sendable {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
+    static func start(_ run: @escaping @Sendable () -> Void) {
+        let body = Unmanaged.passRetained(Body(run)).toOpaque()
+        var thread = pthread_t()
+        let started = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<Body>.fromOpaque(argument).takeRetainedValue().run()
+            return nil
+        }, body)
+        if started == 0 {
+            pthread_detach(thread)
+        } else {
+            // No thread: run inline on a Dispatch worker rather than not at all.
+            let owned = Unmanaged<Body>.fromOpaque(body).takeRetainedValue()
+            DispatchQueue.global().async { owned.run() }
         }
     }
 }
