@@ -70,9 +70,10 @@ struct API: Sendable {
     func gated<T: Sendable>(
         _ job: String, _ name: String, started: ContinuousClock.Instant = .now, _ body: @escaping @Sendable (Driver) async throws -> T
     ) async throws -> T {
-        let driver = self.driver
+        let holder = self.holder
         do {
-            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) { try await body(driver) }
+            // The driver is taken once the gate is held, so a job that waited sees a reload.
+            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) { try await body(holder.driver) }
             finish(job, name, outcome: "ok", started: started)
             return result
         } catch {

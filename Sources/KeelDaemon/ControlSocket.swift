@@ -35,6 +35,7 @@ struct ControlSocket: Sendable {
     /// Creates the socket's directory and removes a stale socket; refuses to start when another
     /// daemon answers on it.
     ///
+    /// - Returns: whether a stale socket was removed.
     /// - Throws: `QEMUError` `.busy` when the socket is live, `.io` when the path is unusable.
     func prepare() throws -> Bool {
         let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
