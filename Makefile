@@ -11,7 +11,7 @@ BUILD_PACKAGES := libxml2-dev pkg-config
 RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
 TEST_PACKAGES := $(RUN_PACKAGES) hyperfine libvirt-clients libvirt-daemon-driver-qemu nasm gzip bzip2 xz-utils lzop zstd python3
 
-.PHONY: all build build-release demo test deps-build deps-demo deps-test bench interop clean
+.PHONY: all build build-release build-bench demo test deps-build deps-demo deps-test bench interop clean
 
 all: build
 
@@ -27,8 +27,12 @@ deps-test: deps-build
 build: deps-build
 	$(SWIFT) build $(SWIFT_FLAGS)
 
+# The CLI alone: the daemon's HTTP stack is not needed to run the demo or the CPU tools.
 build-release: deps-build
-	$(SWIFT) build -c release $(SWIFT_FLAGS)
+	$(SWIFT) build -c release --product keel $(SWIFT_FLAGS)
+
+build-bench: deps-build
+	$(SWIFT) build -c release --product keel --product keel-bench $(SWIFT_FLAGS)
 
 ## make demo: the main job on built-in defaults.
 demo: deps-demo build-release
@@ -42,7 +46,7 @@ test: deps-test
 	$(SWIFT) test --skip-build --no-parallel $(SWIFT_FLAGS)
 
 ## make bench: the benchmarks recorded in BENCHMARKS.md.
-bench: deps-test build-release
+bench: deps-test build-bench
 	@scripts/bench-cpu.sh "$$($(SWIFT) build -c release --show-bin-path)"
 
 ## make interop: Keel and libvirt restore each other's save images with the guest CPU unchanged.
