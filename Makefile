@@ -31,8 +31,8 @@ build: deps-build
 build-release: deps-build
 	$(SWIFT) build -c release --product keel $(SWIFT_FLAGS)
 
-build-bench: deps-build
-	$(SWIFT) build -c release --product keel --product keel-bench $(SWIFT_FLAGS)
+build-bench: build-release
+	$(SWIFT) build -c release --product keel-bench $(SWIFT_FLAGS)
 
 ## make demo: the main job on built-in defaults.
 demo: deps-demo build-release
