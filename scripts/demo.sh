@@ -31,7 +31,7 @@ cpuid_after() {
 
 make -s -C "$repo/guest"
 if [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ -z "${KEEL_DEMO_TCG:-}" ]; then type=kvm; else type=qemu; fi
-[ "$type" = kvm ] && accel="KVM" || accel="TCG (no usable /dev/kvm)"
+if [ "$type" = kvm ]; then accel="KVM"; elif [ -n "${KEEL_DEMO_TCG:-}" ]; then accel="TCG (KEEL_DEMO_TCG is set)"; else accel="TCG (no usable /dev/kvm)"; fi
 
 bold "Keel: a guest must never see its CPU change underneath it. Accelerator: $accel"
 cat > "$work/demo.xml" <<XML
