@@ -51,6 +51,7 @@ public struct Daemon: Sendable {
             logger.notice("removed a stale socket", metadata: ["socket": "\(socket.path)"])
         }
         reattach(holder.driver)
+        await autostartOnce(holder.driver, marker: Self.autostartMarker(socketPath: configuration.socketPath))
 
         let router = Router(context: DaemonRequestContext.self)
         router.add(middleware: ErrorMiddleware(routes: API.routes))
@@ -88,6 +89,31 @@ public struct Daemon: Sendable {
         try await group.run()
         socket.remove(inode: boundInode.withLockedValue { $0 })
         logger.info("keeld stopped; guests keep running")
+    }
+
+    /// Where the daemon notes that autostart ran: next to its socket, on the runtime directory
+    /// (`/run/keel`), which the host clears at boot — so guests start once per boot, not again
+    /// when keeld restarts after an administrator stopped them (libvirt does the same).
+    static func autostartMarker(socketPath: String) -> String {
+        let directory = socketPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return (directory.isEmpty ? "." : directory) + "/autostarted"
+    }
+
+    /// Starts the domains marked for autostart, once per boot.
+    func autostartOnce(_ driver: Driver, marker: String) async {
+        guard access(marker, F_OK) != 0 else {
+            logger.debug("autostart already ran since boot", metadata: ["marker": "\(marker)"])
+            return
+        }
+        for outcome in await driver.autostartAll() {
+            if let error = outcome.error {
+                logger.error("autostart failed", metadata: ["domain": "\(outcome.name)", "error": "\(error.message)"])
+            } else {
+                logger.info("autostarted", metadata: ["domain": "\(outcome.name)"])
+            }
+        }
+        let fd = open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 { close(fd) }
     }
 
     /// Logs what a previous daemon (or an embedded `keel`) left running.

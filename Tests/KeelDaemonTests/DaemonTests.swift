@@ -1,4 +1,5 @@
 import Foundation
+import KeelQEMU
 import Testing
 
 /// keeld end to end: the real binary on a temporary state directory, real QEMU (TCG) guests,
@@ -243,5 +244,29 @@ struct LifecycleAPITests {
             #expect(try keeld.delete("/v1/domains/life/managedsave").json["name"] as? String == "life")
             #expect(try keeld.get("/metrics").text.contains(#"keel_jobs_total{job="save",outcome="aborted"} 1"#))
         }
+    }
+
+    @Test("domains marked for autostart start when keeld starts, once per boot: a restart does not start them again")
+    func autostartAtStartup() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        let keeld = try Keeld()
+        defer { keeld.tearDown() }
+        let driver = try Driver(stateDirectory: keeld.state)
+        let guest = Keeld.guestPath ?? ""
+        try await driver.define(xml: """
+            <domain type='qemu'><name>auto</name><memory unit='MiB'>16</memory><vcpu>1</vcpu>
+            <os><type arch='x86_64' machine='pc'>hvm</type><kernel>\(guest)</kernel></os>
+            <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu></domain>
+            """)
+        try driver.setAutostart(name: "auto", true)
+        try keeld.start()
+        let info = try UnixHTTP.json(socket: keeld.socket, "GET", "/v1/domains/auto")
+        #expect(info.json["state"] as? String == "running", "\(info.text)")
+        let destroyed = try UnixHTTP.json(socket: keeld.socket, "POST", "/v1/domains/auto/destroy")
+        #expect(destroyed.status == 200, "\(destroyed.text)")
+        _ = keeld.stop(SIGTERM)
+        try keeld.start()
+        let after = try UnixHTTP.json(socket: keeld.socket, "GET", "/v1/domains/auto")
+        #expect(after.json["state"] as? String == "shutoff", "an administrator's stop is respected across daemon restarts: \(after.text)")
     }
 }
