@@ -301,3 +301,48 @@ struct FaultTests {
         Issue.record("\(name) never printed \(text)")
     }
 }
+
+@Suite("recovery of jobs whose process died", .serialized)
+struct RecoveryTests {
+    @Test("a keel killed with SIGKILL mid-save: the image stays incomplete and recovery resumes the guest as it was")
+    func killedSaver() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        let keel = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("keel").path
+        guard FileManager.default.isExecutableFile(atPath: keel) else { print("SKIP: the keel binary is not next to the tests (\(keel))"); return }
+        try await DriverFixture.with { fixture in
+            let name = "killedsaver"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, memoryMiB: 320, cpu: FaultTests.cpu, cmdline: "fill=256"))
+            try await fixture.driver.start(name: name)
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline, !(String(decoding: FileManager.default.contents(atPath: fixture.serialPath(name)) ?? Data(), as: UTF8.self).contains("FILLED")) {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let image = fixture.directory.appendingPathComponent("killed.img").path
+            let saver = Process()
+            saver.executableURL = URL(fileURLWithPath: keel)
+            saver.arguments = ["save", name, image, "--state", fixture.driver.store.root]
+            saver.standardOutput = FileHandle.nullDevice
+            saver.standardError = FileHandle.nullDevice
+            try saver.run()
+            // Kill it once the job record shows the stream moving.
+            for _ in 0..<3000 {
+                if let job = try? fixture.driver.jobInfo(name: name), (job.dataProcessed ?? 0) > 0 { break }
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            kill(saver.processIdentifier, SIGKILL)
+            saver.waitUntilExit()
+            if FileManager.default.fileExists(atPath: image) {
+                #expect((try? SaveImage.read(path: image)) == nil, "the interrupted image does not read as complete")
+            }
+            let runFiles = (try? FileManager.default.contentsOfDirectory(atPath: fixture.driver.store.root + "/run")) ?? []
+            let recoveries = await fixture.driver.recoverInterruptedJobs()
+            #expect(recoveries.map(\.name) == [name], "run/: \(runFiles)")
+            #expect(recoveries.first?.action == "cancelled the save and resumed the guest", "\(recoveries)")
+            #expect(try fixture.driver.state(of: name).0 == .running)
+            let size = fixture.serialSize(name)
+            try await Task.sleep(for: .seconds(3))
+            #expect(fixture.serialSize(name) > size, "the guest runs again: it keeps ticking")
+            #expect(await fixture.driver.recoverInterruptedJobs().isEmpty, "nothing is left to recover")
+        }
+    }
+}

@@ -12,6 +12,8 @@ struct DomainList: AsyncParsableCommand {
 
     func run() async throws {
         let driver = try options.driver()
+        // A `keel` killed mid-save left its guest paused: finish that job first.
+        await driver.recoverInterruptedJobs()
         let domains = try await driverCall { try driver.list() }.filter { all || $0.state != .shutoff }
         if json {
             Output.print(JSON.array(domains.map { domain in
