@@ -18,9 +18,7 @@ extension CPUMap {
 
     /// The x86 feature names libvirt 9.0 knows. A CPU that libvirt must read may only name these:
     /// libvirt refuses to start a CPU with a feature it does not know.
-    public static var libvirtFeatureNames: Set<String> {
-        (try? libvirt.get()).map { Set($0.features.map(\.name)) } ?? []
-    }
+    public static let libvirtFeatureNames: Set<String> = (try? libvirt.get()).map { Set($0.features.map(\.name)) } ?? []
 
     /// The same guest CPU — the same CPUID bits — written in libvirt 9.0's vocabulary: its model
     /// definitions, only the features libvirt knows, every difference from libvirt's model listed

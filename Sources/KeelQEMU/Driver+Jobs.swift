@@ -170,10 +170,15 @@ extension Driver {
     }
 
     static func readJob(_ path: String) -> DomainJob? {
+        guard let job = readJobRecord(path), kill(job.pid, 0) == 0 || errno == EPERM else { return nil }
+        return job
+    }
+
+    /// The job record as written, also when its process has died (recovery needs those).
+    static func readJobRecord(_ path: String) -> DomainJob? {
         guard let text = try? POSIXFile.readString(path), !text.isEmpty,
               let root = try? XMLParser.parse(text), let job = try? DomainJob(xml: root)
         else { return nil }
-        guard kill(job.pid, 0) == 0 || errno == EPERM else { return nil }
         return job
     }
 }

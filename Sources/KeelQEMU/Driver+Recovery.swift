@@ -1,6 +1,5 @@
 import Glibc
 import KeelQMP
-import KeelXML
 
 extension Driver {
     /// What recovery did for one domain.
@@ -19,10 +18,7 @@ extension Driver {
         var recoveries: [Recovery] = []
         for file in POSIXFile.list(store.root + "/run") where file.hasSuffix(".job") {
             let name = String(file.dropLast(".job".count))
-            // readJob hides records of dead processes; recovery wants exactly those.
-            guard let text = try? POSIXFile.readString(store.jobPath(name)), let root = try? XMLParser.parse(text),
-                  let job = try? DomainJob(xml: root)
-            else { continue }
+            guard let job = Self.readJobRecord(store.jobPath(name)) else { continue }
             if job.pid == getpid() || kill(job.pid, 0) == 0 || errno == EPERM { continue }
             guard let lock = try? DomainLock.acquire(store: store, name: name, job: "recovery", timeout: .milliseconds(200)) else { continue }
             defer { withExtendedLifetime(lock) {} }

@@ -68,10 +68,8 @@ public final class Driver: Sendable {
         guard let machine = capabilities.resolveMachine(definition.os.machine) else {
             throw QEMUError(.unsupported, "machine type '\(definition.os.machine ?? "")' is not supported by QEMU \(capabilities.version)")
         }
-        if machine != definition.os.machine {
-            definition = try DomainDefinition(xml: Self.settingMachine(of: definition.xml, to: machine))
-        }
-        definition = try DomainDefinition(xml: Self.explicitImplicitDevices(definition.xml))
+        // The versioned machine and the implicit devices written down, parsed once.
+        definition = try DomainDefinition(xml: Self.explicitImplicitDevices(Self.settingMachine(of: definition.xml, to: machine)))
         try store.save(definition)
         return definition
     }
