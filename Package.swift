@@ -66,15 +66,17 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(name: "keel-bench", dependencies: ["KeelCPU"], path: "benchmarks/KeelBench", swiftSettings: strict),
+        // Child processes with deadlines, shared by the test suites.
+        .target(name: "KeelTestSupport", path: "Tests/KeelTestSupport", swiftSettings: strict),
         .testTarget(name: "KeelXMLTests", dependencies: ["KeelXML"]),
-        .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "KeelCPUTests", dependencies: ["KeelCPU", "KeelXML", "KeelTestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "KeelDomainTests", dependencies: ["KeelDomain"]),
-        .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"], exclude: ["Fixtures"]),
-        .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"], exclude: ["Transcripts"]),
-        .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
+        .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP", "KeelTestSupport"], exclude: ["Transcripts"]),
+        .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain", "KeelTestSupport"]),
         // Runs the built `keel` binary as users do.
-        .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU"]),
+        .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU", "KeelTestSupport"]),
         // Runs the built `keeld` binary and talks to it over its socket.
-        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU"]),
+        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU", "KeelTestSupport"]),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 /// The `keel` binary next to this test bundle.
@@ -27,31 +28,12 @@ enum Keel {
     }
 
     static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 30) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        process.currentDirectoryURL = repository
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "KEEL_CPU_MAP")
         for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        while process.isRunning {
-            if Date() > deadline {
-                process.terminate()
-                throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "keel \(arguments) hung"])
-            }
-            usleep(10_000)
-        }
-        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+        let result = try Subprocess.run(binary, arguments, environment: env, directory: repository.path, timeout: timeout)
+        if result.timedOut { throw Subprocess.Failure(description: "keel \(arguments) hung: killed after \(timeout) s") }
+        return Result(status: result.status, stdout: result.stdout, stderr: result.stderr)
     }
 
     static func temporaryFile(_ name: String, _ contents: Data) throws -> String {
@@ -73,14 +55,7 @@ struct CLITests {
         }
         for flags in [[], ["--features"]] {
             let keel = try Keel.run(["cpu-baseline", "examples/cpu/fleet.xml", "--cpu-map", Keel.libvirtMap] + flags)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
-            process.arguments = ["-c", "test:///default", "cpu-baseline", Keel.repository.appendingPathComponent("examples/cpu/fleet.xml").path] + flags
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
-            let virsh = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
+            let virsh = try Subprocess.run("/usr/bin/virsh", ["-c", "test:///default", "cpu-baseline", Keel.repository.appendingPathComponent("examples/cpu/fleet.xml").path] + flags, timeout: 60).stdout
             #expect(keel.status == 0)
             #expect(keel.stdout == virsh)
         }

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import KeelCPU
 import KeelDomain
 import KeelSaveImage
@@ -399,21 +400,13 @@ struct SaveImageDefineCLITests {
         let file = try Keel.temporaryFile("virsh-define.xml", Data(edited.utf8))
         #expect(try Keel.run(["save-image", "define", path, file, "--paused"]).status == 0)
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: virsh)
-        process.arguments = ["-c", "qemu:///embed?root=\(directory)/embed", "save-image-dumpxml", path]
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        if process.terminationStatus != 0 && stderr.contains("embed") {
+        let result = try Subprocess.run(virsh, ["-c", "qemu:///embed?root=\(directory)/embed", "save-image-dumpxml", path], timeout: 120)
+        let stdout = result.stdout, stderr = result.stderr
+        if result.status != 0 && stderr.contains("embed") {
             print("SKIP: this virsh cannot open qemu:///embed (\(stderr))")
             return
         }
-        #expect(process.terminationStatus == 0, "\(stderr)")
+        #expect(result.status == 0, "\(stderr)")
         #expect(stdout.contains("<description>defined by keel</description>"))
         #expect(stdout.contains("<name>keel-fixture</name>"))
     }

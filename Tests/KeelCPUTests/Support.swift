@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import KeelCPU
 import KeelXML
 
@@ -47,20 +48,9 @@ enum TestEnvironment {
 
 /// Runs a program and returns its exit status, stdout and stderr.
 func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: program)
-    process.arguments = arguments
-    if let environment { process.environment = environment }
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    let errData = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    let result = try Subprocess.run(program, arguments, environment: environment, timeout: 120)
+    if result.timedOut { throw Subprocess.Failure(description: "\(program) \(arguments) did not finish within 120 s") }
+    return (result.status, result.stdout, result.stderr)
 }
 
 func parseCPU(_ xml: String, as kind: CPUDefinition.ParseKind = .auto) throws -> CPUDefinition {

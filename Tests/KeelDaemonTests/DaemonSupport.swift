@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 /// A minimal HTTP/1.1 client over a Unix socket: one request per connection, `Connection: close`,
@@ -154,13 +155,7 @@ final class Keeld {
     /// The test guest, built with nasm on first use.
     static let guestPath: String? = {
         let elf = repository.appendingPathComponent("guest/keel-guest.elf").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/make")
-        process.arguments = ["-s", "-C", repository.appendingPathComponent("guest").path]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        process.waitUntilExit()
+        guard (try? Subprocess.run("/usr/bin/make", ["-s", "-C", repository.appendingPathComponent("guest").path], timeout: 120)) != nil else { return nil }
         return FileManager.default.fileExists(atPath: elf) ? elf : nil
     }()
 

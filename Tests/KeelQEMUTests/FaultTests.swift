@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import KeelCPU
 import KeelDomain
 import KeelQEMU
@@ -7,18 +8,9 @@ import Testing
 
 /// Runs a program and returns its status and output.
 func run(_ program: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: program)
-    process.arguments = arguments
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    let result = try Subprocess.run(program, arguments, timeout: 120)
+    if result.timedOut { throw Subprocess.Failure(description: "\(program) \(arguments) did not finish within 120 s") }
+    return (result.status, result.stdout, result.stderr)
 }
 
 /// Faults and bad input: a clear error before QEMU loads anything, nothing left running or
@@ -318,19 +310,14 @@ struct RecoveryTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
             let image = fixture.directory.appendingPathComponent("killed.img").path
-            let saver = Process()
-            saver.executableURL = URL(fileURLWithPath: keel)
-            saver.arguments = ["save", name, image, "--state", fixture.driver.store.root]
-            saver.standardOutput = FileHandle.nullDevice
-            saver.standardError = FileHandle.nullDevice
-            try saver.run()
+            let saver = try Subprocess.spawn(keel, ["save", name, image, "--state", fixture.driver.store.root], captureOutput: false)
             // Kill it once the job record shows the stream moving.
             for _ in 0..<3000 {
                 if let job = try? fixture.driver.jobInfo(name: name), (job.dataProcessed ?? 0) > 0 { break }
                 try await Task.sleep(for: .milliseconds(2))
             }
-            kill(saver.processIdentifier, SIGKILL)
-            saver.waitUntilExit()
+            saver.signal(SIGKILL)
+            #expect(saver.wait(timeout: 30) != nil, "the killed keel is reaped")
             if FileManager.default.fileExists(atPath: image) {
                 #expect((try? SaveImage.read(path: image)) == nil, "the interrupted image does not read as complete")
             }

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 /// Real libvirt as the oracle: `scripts/interop.sh` saves with one manager and restores with the
@@ -33,20 +34,13 @@ struct InteropTests {
     @Test("keel → libvirt and libvirt → keel: the guest's CPUID lines are identical and each side shows the other's updated CPU")
     func bothWays() throws {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [Self.script, Self.keel ?? ""]
-        process.currentDirectoryURL = DriverFixture.repository
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        // The script's steps take about a minute; read while it runs so the pipe never fills.
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
+        // The script's steps take one to two minutes; it starts libvirtd and virtlogd when they
+        // do not run, which must not keep this test waiting on their inherited descriptors.
+        let result = try Subprocess.run("/bin/bash", [Self.script, Self.keel ?? ""], directory: DriverFixture.repository.path, timeout: 900)
+        let text = result.output
         print(text)
-        #expect(process.terminationStatus == 0, "scripts/interop.sh failed:\n\(text.split(separator: "\n").filter { $0.hasPrefix("FAIL") || $0.contains("MISMATCH") || $0.contains("error:") }.joined(separator: "\n"))")
+        #expect(!result.timedOut, "scripts/interop.sh did not finish within 900 s")
+        #expect(result.status == 0, "scripts/interop.sh failed:\n\(text.split(separator: "\n").filter { $0.hasPrefix("FAIL") || $0.contains("MISMATCH") || $0.contains("error:") }.joined(separator: "\n"))")
         #expect(text.contains("PASS interop"))
     }
 }

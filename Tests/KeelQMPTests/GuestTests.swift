@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import KeelQMP
 import Testing
 #if canImport(Glibc)
@@ -17,12 +18,8 @@ struct GuestTests {
             return nil
         }
         let output = directory.file("keel-guest.elf")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: nasm)
-        process.arguments = ["-f", "bin", "-o", output, source]
-        try process.run()
-        process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "nasm failed")
+        let result = try Subprocess.run(nasm, ["-f", "bin", "-o", output, source], timeout: 120)
+        try #require(result.status == 0, "nasm failed: \(result.output)")
         return output
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 @testable import KeelSaveImage
@@ -155,16 +156,8 @@ struct LibvirtCompatibilityTests {
     }
 
     private func run(_ program: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: program)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+        let result = try Subprocess.run(program, arguments, timeout: 120)
+        if result.timedOut { throw Subprocess.Failure(description: "\(program) \(arguments) did not finish within 120 s") }
+        return (result.status, result.stdout, result.stderr)
     }
 }

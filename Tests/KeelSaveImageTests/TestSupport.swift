@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 @testable import KeelSaveImage
@@ -139,17 +140,10 @@ func handMadeImage(
 /// Runs one test of this binary in a child process (`/proc/self/exe --filter <filter>`) with
 /// extra environment variables; returns its exit status, or -1 if it could not be started.
 func runTestInChild(filter: String, environment extra: [String: String]) throws -> Int32 {
-    let child = Process()
-    child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    child.arguments = ["--testing-library", "swift-testing", "--filter", filter]
-    child.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
-    child.standardOutput = FileHandle.nullDevice
-    child.standardError = FileHandle.nullDevice
-    do {
-        try child.run()
-    } catch {
-        return -1
-    }
-    child.waitUntilExit()
-    return child.terminationReason == .exit ? child.terminationStatus : -1
+    let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    guard let result = try? Subprocess.run(binary, ["--testing-library", "swift-testing", "--filter", filter],
+                                           environment: ProcessInfo.processInfo.environment.merging(extra) { $1 },
+                                           timeout: 300, discardOutput: true),
+          !result.timedOut, result.status < 128 else { return -1 }
+    return result.status
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 import KeelSaveImage
@@ -28,11 +29,7 @@ struct VerifyThroughputTests {
 
         func cat() throws -> Double {
             let start = Date()
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "cat '\(path)' > /dev/null"]
-            try process.run()
-            process.waitUntilExit()
+            _ = try Subprocess.run("/bin/sh", ["-c", "cat '\(path)' > /dev/null"], timeout: 300)
             return Date().timeIntervalSince(start)
         }
         func verify() throws -> Double {

@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 @testable import KeelSaveImage
@@ -40,27 +41,21 @@ struct WriterKillTests {
         let path = dir.file("killed.save"), marker = dir.file("marker")
         var environment = ProcessInfo.processInfo.environment
         environment[Self.environmentKey] = "\(path)|\(marker)|\(step.rawValue)"
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "childWriter"]
-        child.environment = environment
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
+        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let child = try Subprocess.spawn(binary, ["--testing-library", "swift-testing", "--filter", "childWriter"],
+                                         environment: environment, captureOutput: false)
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: marker) && child.isRunning && Date() < deadline {
             usleep(20_000)
         }
         guard FileManager.default.fileExists(atPath: marker) else {
-            child.terminate()
-            child.waitUntilExit()
-            print("skipping: the test binary could not be re-run as a writer child (status \(child.terminationStatus))")
+            child.signal(SIGKILL)
+            let status = child.wait(timeout: 30)
+            print("SKIP: the test binary could not be re-run as a writer child (status \(status.map(String.init) ?? "none"))")
             return
         }
-        kill(child.processIdentifier, SIGKILL)
-        child.waitUntilExit()
-        #expect(child.terminationReason == .uncaughtSignal)
-        #expect(child.terminationStatus == SIGKILL)
+        child.signal(SIGKILL)
+        #expect(child.wait(timeout: 30) == 128 + SIGKILL)
 
         if step.rawValue < SaveImageWriter.Step.completeHeader.rawValue {
             let error = try #require(throws: SaveImageError.self) { try SaveImage.read(path: path) }

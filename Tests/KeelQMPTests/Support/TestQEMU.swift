@@ -1,11 +1,12 @@
 import Foundation
 import KeelQMP
+import KeelTestSupport
 
 /// A QEMU started for one test; killed by `stop()` if still running.
 final class TestQEMU: Sendable {
     static var binary: String? { findExecutable("qemu-system-x86_64") }
 
-    let process: Process
+    let process: Subprocess.Child
     let directory: TemporaryDirectory
     var qmpPath: String { directory.file("qmp.sock") }
 
@@ -13,13 +14,8 @@ final class TestQEMU: Sendable {
     init(_ arguments: [String]) throws {
         guard let binary = TestQEMU.binary else { throw FakeQMPServer.Failure(description: "no qemu-system-x86_64") }
         directory = try TemporaryDirectory()
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["-nodefaults", "-display", "none", "-qmp", "unix:\(directory.file("qmp.sock")),server=on,wait=off"] + arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
+        process = try Subprocess.spawn(binary, ["-nodefaults", "-display", "none", "-qmp", "unix:\(directory.file("qmp.sock")),server=on,wait=off"] + arguments,
+                                       captureOutput: false)
     }
 
     /// Waits up to `timeout` for QEMU to exit by itself; kills it otherwise. Returns whether
@@ -28,8 +24,8 @@ final class TestQEMU: Sendable {
     func stop(waitingUpTo timeout: Duration = .zero) async -> Bool {
         let exited = await eventually(timeout: timeout) { !process.isRunning }
         if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.signal(SIGKILL)
+            _ = process.wait(timeout: 30)
         }
         directory.cleanup()
         return exited
