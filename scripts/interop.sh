@@ -54,14 +54,15 @@ ensure_conf user '"root"'
 ensure_conf group '"root"'
 ensure_conf dynamic_ownership 0
 
-if [ "$conf_changed" = 1 ] && pid=$(pgrep -x libvirtd); then
+if [ "$conf_changed" = 1 ] && pid=$(pgrep -r R,S,D -x libvirtd); then
     # libvirtd reads qemu.conf only at startup.
     echo "qemu.conf changed: restarting libvirtd ($pid)"
     kill "$pid"
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 fi
-pgrep -x virtlogd >/dev/null || virtlogd -d
-pgrep -x libvirtd >/dev/null || libvirtd -d
+# Live daemons only: a zombie left by an earlier run does not answer.
+pgrep -r R,S,D -x virtlogd >/dev/null || virtlogd -d
+pgrep -r R,S,D -x libvirtd >/dev/null || libvirtd -d
 for _ in $(seq 100); do
     virsh -q -c "$virsh_uri" uri >/dev/null 2>&1 && break
     sleep 0.1
