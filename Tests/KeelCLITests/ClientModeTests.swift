@@ -40,7 +40,8 @@ struct ClientModeTests {
         ["save", "web", "@/web.img"],
         ["list", "--all", "--json"],
         ["restore", "@/web.img", "--dry-run"], ["restore", "@/web.img", "--dry-run", "--json"],
-        ["restore", "@/web.img", "--paused", "--json"], ["dominfo", "web"],
+        ["restore", "@/web.img", "--dry-run", "--xml", "@/web-image.xml"],
+        ["restore", "@/web.img", "--paused", "--xml", "@/web-image.xml", "--json"], ["dominfo", "web"],
         ["resume", "web"],
         ["managedsave", "web", "--json"],
         ["list", "--all", "--managed-save"], ["dominfo", "web"],
@@ -75,6 +76,11 @@ struct ClientModeTests {
             for mode in [embedded, client] {
                 try Self.prepare(mode)
                 transcripts.append(try Self.transcript(mode, Self.lifecycle) { step, result in
+                    if step == ["save", "web", "@/web.img"] {
+                        // restore --xml reads a replacement XML on the client's side.
+                        let xml = try ClientRun.keel(["save-image", "dumpxml", mode.root + "/web.img"])
+                        _ = try mode.write(xml.stdout, to: "web-image.xml")
+                    }
                     if step == ["managedsave-dumpxml", "web"] {
                         // The next step writes it back: unchanged, but through the whole path.
                         _ = try mode.write(result.stdout, to: "managed.xml")
@@ -156,6 +162,46 @@ struct ClientModeTests {
                 #expect(text.contains(expected), "the client transcript lacks \(expected)")
             }
             #expect(try client.keel(["list", "--all"]).stdout.contains("web                  shut off"), "no QEMU was started")
+        }
+    }
+
+    @Test("a save in progress: domjobinfo shows it and domjobabort stops it through keeld as embedded; the guest runs on")
+    func jobInProgress() async throws {
+        if let reason = KeeldProcess.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/xz") else { print("SKIP: xz is not installed"); return }
+        try await ModeRoot.withBoth { embedded, client in
+            var outcomes: [String] = []
+            for mode in [embedded, client] {
+                // 24 MiB of random bytes through xz: a save of a tiny guest that lasts seconds.
+                let xml = try mode.write(mode.domainXML(name: "busy", memoryMiB: 32, cmdline: "fill=24"), to: "busy.xml")
+                #expect(try mode.keel(["define", xml]).status == 0)
+                #expect(try mode.keel(["start", "busy"]).status == 0)
+                try mode.waitForSerial("busy", "FILLED")
+                let (save, _, saveErrors) = try ClientRun.spawn(
+                    ["save", "busy", mode.root + "/busy.img", "--compress", "xz", "--connect", mode.connect], directory: mode.root
+                )
+                let job = try eventually(timeout: 30) { () -> [String: Any]? in
+                    let info = try mode.keel(["domjobinfo", "busy", "--json"])
+                    let object = try JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any]
+                    return object?["type"] as? String == "unbounded" && object?["dataTotal"] as? Int != nil ? object : nil
+                }
+                #expect(job["operation"] as? String == "save")
+                #expect((job["timeElapsedMs"] as? Int ?? -1) >= 0)
+                let text = try mode.keel(["domjobinfo", "busy"]).stdout
+                #expect(text.hasPrefix("Job type:         Unbounded   \nOperation:        Save        \nTime elapsed:     "), "\(text)")
+                #expect(text.contains("\nData total:       "), "\(text)")
+                let aborted = try mode.keel(["domjobabort", "busy", "--json"])
+                outcomes.append("abort: \(aborted.stdout)\(aborted.stderr)[exit \(aborted.status)]")
+                let status = ClientRun.wait(save, timeout: 60)
+                outcomes.append("save: \((try? String(contentsOfFile: saveErrors, encoding: .utf8)) ?? "")[exit \(status ?? -1)]")
+                outcomes.append("after: " + ClientRun.normalized(try mode.keel(["list"]).stdout, root: mode.root))
+                #expect(!FileManager.default.fileExists(atPath: mode.root + "/busy.img"), "no image is left behind")
+                #expect(try mode.keel(["destroy", "busy"]).status == 0)
+            }
+            #expect(outcomes[0...2] == outcomes[3...5], "embedded and client differ")
+            #expect(outcomes[0] == "abort: {\"name\": \"busy\", \"aborted\": true, \"operation\": \"save\"}\n[exit 0]")
+            #expect(outcomes[1] == "save: error: operation aborted: save of 'busy' cancelled by client\n[exit 1]")
+            #expect(outcomes[2].contains("busy                 running"), "the guest resumes as it was: \(outcomes[2])")
         }
     }
 }
