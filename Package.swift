@@ -34,10 +34,12 @@ let package = Package(
         .target(name: "KeelSaveImage", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP"], swiftSettings: strict),
+        // keeld's client: HTTP/1.1 over a Unix socket, no NIO (the CLI is built without it).
+        .target(name: "KeelClient", dependencies: [], swiftSettings: strict),
         .executableTarget(
             name: "keel",
             dependencies: [
-                "KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQEMU",
+                "KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQEMU", "KeelClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -74,6 +76,7 @@ let package = Package(
         .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelTestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP", "KeelTestSupport"], exclude: ["Transcripts"]),
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain", "KeelTestSupport"]),
+        .testTarget(name: "KeelClientTests", dependencies: ["KeelClient"]),
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU", "KeelTestSupport"]),
         // Runs the built `keeld` binary and talks to it over its socket.

@@ -6,6 +6,7 @@ extension API {
     static let lifecycleEndpoints: [(HTTPRequest.Method, String)] = [
         (.post, "/v1/domains/{name}/shutdown"), (.post, "/v1/domains/{name}/reboot"),
         (.get, "/v1/domains/{name}/managedsave"), (.post, "/v1/domains/{name}/managedsave"), (.delete, "/v1/domains/{name}/managedsave"),
+        (.put, "/v1/domains/{name}/managedsave"),
         (.put, "/v1/domains/{name}/autostart"),
         (.get, "/v1/domains/{name}/job"), (.post, "/v1/domains/{name}/job/abort"),
     ]
@@ -24,6 +25,14 @@ extension API {
             let name = try Self.name(context)
             let removed = try await self.gated("managedsave-remove", name) { driver in try driver.removeManagedSave(name: name) }
             return try JSONBody.response(APIModels.ManagedSaveRemoved(name: name, job: "managedsave-remove", removed: removed))
+        }
+        router.put("/v1/domains/{name}/managedsave") { request, context in
+            let name = try Self.name(context)
+            let body = try await JSONBody.decode(APIModels.ManagedSaveDefineRequest.self, from: request)
+            let changed = try await self.gated("managedsave-define", name) { driver in
+                try driver.managedSaveDefine(name: name, xml: body.xml, running: body.running)
+            }
+            return try JSONBody.response(APIModels.ManagedSaveDefined(name: name, job: "managedsave-define", changed: changed))
         }
         router.put("/v1/domains/{name}/autostart") { request, context in
             let name = try Self.name(context)
@@ -96,6 +105,20 @@ extension APIModels {
 
     struct ManagedSaveRequest: Codable, Sendable {
         var running: Bool?
+    }
+
+    /// A replacement for the domain XML in the managed-save image.
+    struct ManagedSaveDefineRequest: Codable, Sendable {
+        var xml: String
+        /// Whether the restore resumes the guest; absent keeps the image's choice.
+        var running: Bool?
+    }
+
+    struct ManagedSaveDefined: Codable, Sendable {
+        var name: String
+        var job: String
+        /// False when the new XML equals the stored one.
+        var changed: Bool
     }
 
     struct ManagedSaveRemoved: Codable, Sendable {

@@ -25,9 +25,14 @@ struct API: Sendable {
     /// Every route, for registration and for telling 405 from 404.
     static let routes: RouteTable = {
         var table = RouteTable()
-        for (method, path) in endpoints + lifecycleEndpoints { table.add(method.rawValue, path) }
+        for (method, path) in allEndpoints { table.add(method.rawValue, path) }
         return table
     }()
+
+    /// Every endpoint the daemon registers, as `docs/api/openapi.json` must describe them.
+    static var allEndpoints: [(HTTPRequest.Method, String)] {
+        endpoints + lifecycleEndpoints + hypervisorCPUEndpoints
+    }
 
     static let endpoints: [(HTTPRequest.Method, String)] = [
         (.get, "/openapi.json"), (.get, "/metrics"),
@@ -62,6 +67,7 @@ struct API: Sendable {
         router.post("/v1/domains/{name}/save") { request, context in try await self.save(try Self.name(context), request) }
         router.post("/v1/restore") { request, _ in try await self.restore(request) }
         registerLifecycle(on: router)
+        registerHypervisorCPU(on: router)
     }
 
     // MARK: jobs
@@ -175,8 +181,12 @@ struct API: Sendable {
     // MARK: queries
 
     func list() throws -> Response {
+        let driver = self.driver
         let domains = try driver.list().map {
-            APIModels.DomainSummary(name: $0.name, uuid: $0.uuid, state: $0.state.rawValue, persistent: $0.persistent, pid: $0.pid)
+            APIModels.DomainSummary(
+                name: $0.name, uuid: $0.uuid, state: $0.state.rawValue, persistent: $0.persistent, pid: $0.pid,
+                managedSave: driver.hasManagedSave(name: $0.name)
+            )
         }
         return try JSONBody.response(APIModels.DomainList(domains: domains))
     }
@@ -216,7 +226,7 @@ struct API: Sendable {
             hostCPU: kvm?.hostCPU(map: driver.map),
             guests: [tcg] + (kvm.map { [$0] } ?? [])
         )
-        return try JSONBody.response(APIModels.XMLDocument(xml: host.xmlElement.formatted()))
+        return try JSONBody.response(APIModels.CapabilitiesDocument(xml: host.xmlElement.formatted(), report: host.report))
     }
 
     func domainCapabilities(_ request: Request) async throws -> Response {
@@ -237,7 +247,8 @@ struct API: Sendable {
             capabilities = try await driver.capabilities(.tcg)
         }
         let element = try capabilities.domainCapabilitiesXML(machine: machine, map: driver.map)
-        return try JSONBody.response(APIModels.XMLDocument(xml: element.formatted()))
+        let report = try capabilities.domainReport(machine: machine, map: driver.map)
+        return try JSONBody.response(APIModels.DomainCapabilitiesDocument(xml: element.formatted(), report: report))
     }
 
     func metricsText() throws -> Response {

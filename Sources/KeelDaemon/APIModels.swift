@@ -1,3 +1,5 @@
+import KeelQEMU
+
 /// Request and response bodies of the API; `docs/api/openapi.json` documents each one.
 enum APIModels {
     struct DefineRequest: Codable, Sendable {
@@ -27,6 +29,8 @@ enum APIModels {
         var state: String
         var persistent: Bool
         var pid: Int32?
+        /// Whether a managed-save image waits for the next start.
+        var managedSave: Bool
     }
 
     struct DomainList: Codable, Sendable {
@@ -54,6 +58,18 @@ enum APIModels {
 
     struct XMLDocument: Codable, Sendable {
         var xml: String
+    }
+
+    /// libvirt's capabilities XML and the same facts as data.
+    struct CapabilitiesDocument: Codable, Sendable {
+        var xml: String
+        var report: HostCapabilities.Report
+    }
+
+    /// libvirt's domain capabilities XML and the same facts as data.
+    struct DomainCapabilitiesDocument: Codable, Sendable {
+        var xml: String
+        var report: QEMUCapabilities.DomainReport
     }
 
     /// The answer of a modifying job on a domain.

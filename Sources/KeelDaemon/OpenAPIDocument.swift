@@ -8,7 +8,7 @@ enum OpenAPIDocument {
   "info": {
     "title": "keeld API",
     "version": "1.0.0",
-    "description": "The Keel daemon's HTTP/JSON API, served on a Unix socket (default /run/keel/keeld.sock, root-only mode 0600, or 0660 for the group of `--group`; peers are also checked by their credentials). Domain names are path components (letters, digits and - _ . +).\n\nModifying jobs on one domain (define, undefine, start, destroy, suspend, resume, reboot, save, managedsave and its removal, autostart, restore) run one at a time: a second one waits for the job in progress up to keeld's `--job-timeout` (10 s by default), then fails with 409 and code `busy`, naming that job. Queries run alongside jobs. Request bodies are capped at 1 MiB (413). Every error has the `Error` body, whose `code` is stable: not-found, busy, invalid-state, already-exists, aborted, incompatible-cpu (with `features`), invalid-argument, unsupported, bad-request, payload-too-large, method-not-allowed, forbidden, timeout, process-exited, io, internal."
+    "description": "The Keel daemon's HTTP/JSON API, served on a Unix socket (default /run/keel/keeld.sock, root-only mode 0600, or 0660 for the group of `--group`; peers are also checked by their credentials). Domain names are path components (letters, digits and - _ . +).\n\nModifying jobs on one domain (define, undefine, start, destroy, suspend, resume, reboot, save, managedsave, its removal and its XML replacement, autostart, restore) run one at a time: a second one waits for the job in progress up to keeld's `--job-timeout` (10 s by default), then fails with 409 and code `busy`, naming that job. Queries run alongside jobs. Request bodies are capped at 1 MiB (413). Every error has the `Error` body, whose `code` is stable: not-found, busy, invalid-state, already-exists, aborted, incompatible-cpu (with `features`), invalid-argument, unsupported, bad-request, payload-too-large, method-not-allowed, forbidden, timeout, process-exited, io, internal."
   },
   "servers": [
     {
@@ -97,14 +97,14 @@ enum OpenAPIDocument {
         ],
         "summary": "Host capabilities",
         "operationId": "getCapabilities",
-        "description": "libvirt's capabilities XML: the host CPU (what KVM can offer, when /dev/kvm is usable) and the guest types QEMU can run. QEMU is probed on first use and cached in STATE/cache/capabilities.",
+        "description": "libvirt's capabilities XML: the host CPU (what KVM can offer, when /dev/kvm is usable) and the guest types QEMU can run. QEMU is probed on first use and cached in STATE/cache/capabilities. `report` carries the same facts as data.",
         "responses": {
           "200": {
-            "description": "The capabilities XML.",
+            "description": "The capabilities XML and report.",
             "content": {
               "application/json": {
                 "schema": {
-                  "$ref": "#/components/schemas/XMLDocument"
+                  "$ref": "#/components/schemas/CapabilitiesDocument"
                 }
               }
             }
@@ -125,7 +125,7 @@ enum OpenAPIDocument {
         ],
         "summary": "Domain capabilities",
         "operationId": "getDomainCapabilities",
-        "description": "libvirt's domainCapabilities XML: the CPU modes and models a domain of one type can use.",
+        "description": "libvirt's domainCapabilities XML: the CPU modes and models a domain of one type can use. `report` carries the same facts as data, with the features QEMU forces on and those that block migration.",
         "parameters": [
           {
             "name": "virttype",
@@ -164,11 +164,11 @@ enum OpenAPIDocument {
         ],
         "responses": {
           "200": {
-            "description": "The domain capabilities XML.",
+            "description": "The domain capabilities XML and report.",
             "content": {
               "application/json": {
                 "schema": {
-                  "$ref": "#/components/schemas/XMLDocument"
+                  "$ref": "#/components/schemas/DomainCapabilitiesDocument"
                 }
               }
             }
@@ -927,6 +927,59 @@ enum OpenAPIDocument {
             "$ref": "#/components/responses/Internal"
           }
         }
+      },
+      "put": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Replace the managed-save XML",
+        "operationId": "defineManagedSaveXML",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Replaces the domain XML stored in the managed-save image (job `managedsave-define`), as virsh managedsave-define: the new XML must keep the guest ABI of the stored one; the cookie (updated CPU) and the QEMU stream stay untouched.",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ManagedSaveDefineRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "Whether the image changed.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/ManagedSaveDefined"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
       }
     },
     "/v1/domains/{name}/autostart": {
@@ -1066,6 +1119,104 @@ enum OpenAPIDocument {
           },
           "409": {
             "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/hypervisor-cpu/compare": {
+      "post": {
+        "tags": [
+          "host"
+        ],
+        "summary": "Compare a CPU with the hypervisor's",
+        "operationId": "compareHypervisorCPU",
+        "description": "As virsh hypervisor-cpu-compare: the CPU is compared with QEMU's host-model CPU for the virt type (see the domain capabilities). A query: never waits for a job.",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/HypervisorCPUCompareRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The result and the deciding features with their bits.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/CPUComparison"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "422": {
+            "description": "With `failIncompatible`: the CPU is incompatible (code incompatible-cpu); `features` names each feature and its bits.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
+    },
+    "/v1/hypervisor-cpu/baseline": {
+      "post": {
+        "tags": [
+          "host"
+        ],
+        "summary": "Baseline CPUs for the hypervisor",
+        "operationId": "baselineHypervisorCPU",
+        "description": "As virsh hypervisor-cpu-baseline: the CPU that QEMU can provide for the virt type and every given CPU can run, from QEMU's CPU models (with their blockers) and the features it can enable; the result has fallback='forbid'. A query: never waits for a job.",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/HypervisorCPUBaselineRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The baseline CPU.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/CPUBaseline"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
           },
           "413": {
             "$ref": "#/components/responses/PayloadTooLarge"
@@ -1320,7 +1471,8 @@ enum OpenAPIDocument {
         "required": [
           "name",
           "state",
-          "persistent"
+          "persistent",
+          "managedSave"
         ],
         "properties": {
           "name": {
@@ -1340,6 +1492,10 @@ enum OpenAPIDocument {
             "type": "integer",
             "format": "int32",
             "description": "QEMU's pid while running, paused or crashed."
+          },
+          "managedSave": {
+            "type": "boolean",
+            "description": "Whether a managed-save image waits for the next start."
           }
         }
       },
@@ -1736,6 +1892,394 @@ enum OpenAPIDocument {
           "cpu": {
             "type": "string",
             "description": "The <cpu> XML the guest must get."
+          }
+        }
+      },
+      "ManagedSaveDefineRequest": {
+        "type": "object",
+        "required": [
+          "xml"
+        ],
+        "properties": {
+          "xml": {
+            "type": "string",
+            "description": "The new domain XML."
+          },
+          "running": {
+            "type": "boolean",
+            "description": "Whether the restore resumes the guest; absent keeps the image's choice."
+          }
+        }
+      },
+      "ManagedSaveDefined": {
+        "type": "object",
+        "required": [
+          "name",
+          "job",
+          "changed"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "job": {
+            "type": "string",
+            "example": "managedsave-define"
+          },
+          "changed": {
+            "type": "boolean",
+            "description": "False when the new XML equals the stored one."
+          }
+        }
+      },
+      "HypervisorCPUCompareRequest": {
+        "type": "object",
+        "required": [
+          "cpu"
+        ],
+        "properties": {
+          "cpu": {
+            "type": "string",
+            "description": "A <cpu> element (guest or host form).",
+            "example": "<cpu mode='custom' match='exact'><model>qemu64</model></cpu>"
+          },
+          "virtType": {
+            "type": "string",
+            "enum": [
+              "kvm",
+              "qemu"
+            ],
+            "description": "The virt type; default kvm when /dev/kvm is usable, else qemu."
+          },
+          "failIncompatible": {
+            "type": "boolean",
+            "description": "Answer an incompatible CPU with 422 incompatible-cpu (virsh --error)."
+          }
+        }
+      },
+      "CPUComparison": {
+        "type": "object",
+        "required": [
+          "result",
+          "features"
+        ],
+        "properties": {
+          "result": {
+            "type": "string",
+            "enum": [
+              "identical",
+              "superset",
+              "incompatible"
+            ]
+          },
+          "message": {
+            "type": "string",
+            "description": "libvirt's explanation of an incompatible result."
+          },
+          "features": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/CPUFeature"
+            },
+            "description": "The deciding features: missing, forbidden, or what the host has beyond the CPU."
+          }
+        }
+      },
+      "HypervisorCPUBaselineRequest": {
+        "type": "object",
+        "required": [
+          "cpus"
+        ],
+        "properties": {
+          "cpus": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "minItems": 1,
+            "maxItems": 1024,
+            "description": "<cpu> elements."
+          },
+          "virtType": {
+            "type": "string",
+            "enum": [
+              "kvm",
+              "qemu"
+            ],
+            "description": "The virt type; default kvm when /dev/kvm is usable, else qemu."
+          },
+          "features": {
+            "type": "boolean",
+            "description": "List every feature of the baseline model explicitly."
+          },
+          "migratable": {
+            "type": "boolean",
+            "description": "Leave out features that block migration."
+          }
+        }
+      },
+      "CPUBaseline": {
+        "type": "object",
+        "required": [
+          "cpu"
+        ],
+        "properties": {
+          "cpu": {
+            "type": "string",
+            "description": "The baseline <cpu> element."
+          }
+        }
+      },
+      "CapabilitiesDocument": {
+        "type": "object",
+        "required": [
+          "xml",
+          "report"
+        ],
+        "properties": {
+          "xml": {
+            "type": "string",
+            "description": "libvirt's capabilities XML."
+          },
+          "report": {
+            "$ref": "#/components/schemas/HostCapabilitiesReport"
+          }
+        }
+      },
+      "HostCapabilitiesReport": {
+        "type": "object",
+        "required": [
+          "machines",
+          "domainTypes"
+        ],
+        "properties": {
+          "hostUUID": {
+            "type": "string"
+          },
+          "hostCPU": {
+            "type": "object",
+            "required": [
+              "features"
+            ],
+            "description": "The host CPU decoded on the CPU map; absent when KVM is not usable.",
+            "properties": {
+              "model": {
+                "type": "string"
+              },
+              "vendor": {
+                "type": "string"
+              },
+              "signature": {
+                "type": "object",
+                "required": [
+                  "family",
+                  "model",
+                  "stepping"
+                ],
+                "properties": {
+                  "family": {
+                    "type": "integer"
+                  },
+                  "model": {
+                    "type": "integer"
+                  },
+                  "stepping": {
+                    "type": "integer"
+                  }
+                }
+              },
+              "features": {
+                "type": "array",
+                "items": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "emulator": {
+            "type": "string",
+            "description": "The QEMU binary."
+          },
+          "machines": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "required": [
+                "name",
+                "isDefault"
+              ],
+              "properties": {
+                "name": {
+                  "type": "string"
+                },
+                "canonical": {
+                  "type": "string"
+                },
+                "maxCPUs": {
+                  "type": "integer"
+                },
+                "isDefault": {
+                  "type": "boolean"
+                }
+              }
+            }
+          },
+          "domainTypes": {
+            "type": "array",
+            "items": {
+              "type": "string",
+              "enum": [
+                "qemu",
+                "kvm"
+              ]
+            }
+          }
+        }
+      },
+      "DomainCapabilitiesDocument": {
+        "type": "object",
+        "required": [
+          "xml",
+          "report"
+        ],
+        "properties": {
+          "xml": {
+            "type": "string",
+            "description": "libvirt's domainCapabilities XML."
+          },
+          "report": {
+            "$ref": "#/components/schemas/DomainCapabilitiesReport"
+          }
+        }
+      },
+      "DomainCapabilitiesReport": {
+        "type": "object",
+        "required": [
+          "path",
+          "domain",
+          "machine",
+          "version",
+          "hostPassthrough",
+          "maximum",
+          "custom",
+          "forcedFeatures",
+          "unmigratableFeatures"
+        ],
+        "properties": {
+          "path": {
+            "type": "string",
+            "description": "The QEMU binary."
+          },
+          "domain": {
+            "type": "string",
+            "enum": [
+              "qemu",
+              "kvm"
+            ]
+          },
+          "machine": {
+            "type": "string",
+            "description": "The machine type, resolved."
+          },
+          "version": {
+            "type": "string",
+            "description": "QEMU's version."
+          },
+          "vcpuMax": {
+            "type": "integer"
+          },
+          "hostPassthrough": {
+            "type": "boolean",
+            "description": "Whether mode host-passthrough is supported."
+          },
+          "maximum": {
+            "type": "boolean",
+            "description": "Whether mode maximum is supported."
+          },
+          "hostModel": {
+            "type": "object",
+            "required": [
+              "fallback",
+              "features"
+            ],
+            "description": "QEMU's host-model CPU; absent when it reports none.",
+            "properties": {
+              "model": {
+                "type": "string"
+              },
+              "fallback": {
+                "type": "string"
+              },
+              "vendor": {
+                "type": "string"
+              },
+              "features": {
+                "type": "array",
+                "items": {
+                  "type": "object",
+                  "required": [
+                    "name",
+                    "policy"
+                  ],
+                  "properties": {
+                    "name": {
+                      "type": "string"
+                    },
+                    "policy": {
+                      "type": "string"
+                    }
+                  }
+                }
+              }
+            }
+          },
+          "custom": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "required": [
+                "name",
+                "usable",
+                "deprecated",
+                "vendor",
+                "blockers"
+              ],
+              "properties": {
+                "name": {
+                  "type": "string"
+                },
+                "usable": {
+                  "type": "boolean"
+                },
+                "deprecated": {
+                  "type": "boolean"
+                },
+                "vendor": {
+                  "type": "string"
+                },
+                "blockers": {
+                  "type": "array",
+                  "items": {
+                    "type": "string"
+                  },
+                  "description": "The features QEMU cannot provide for the model."
+                }
+              }
+            }
+          },
+          "forcedFeatures": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "Features QEMU turns on and cannot turn off."
+          },
+          "unmigratableFeatures": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "Features that block migration."
           }
         }
       }

@@ -85,11 +85,22 @@ public struct CPUVerdict: Sendable {
     public struct Problem: Sendable, Hashable {
         public var feature: CPUFeatureProblem
         public var reason: String
+
+        public init(feature: CPUFeatureProblem, reason: String) {
+            self.feature = feature
+            self.reason = reason
+        }
     }
 
     public var missing: [Problem]
     public var extra: [Problem]
     public var reasons: [String]
+
+    public init(missing: [Problem], extra: [Problem], reasons: [String]) {
+        self.missing = missing
+        self.extra = extra
+        self.reasons = reasons
+    }
 
     public var restorable: Bool { missing.isEmpty && extra.isEmpty && reasons.isEmpty }
 

@@ -11,8 +11,8 @@ struct DomainAutostart: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try driver.setAutostart(name: name, !disable) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.setAutostart(name: name, !disable) }
         if json {
             Output.print(JSON.object([("name", .string(name)), ("autostart", .bool(!disable))]).text + "\n")
         } else {

@@ -11,8 +11,8 @@ struct DomainDefine: AsyncParsableCommand {
 
     func run() async throws {
         let xml = String(decoding: try CPUInput.readFile(file), as: UTF8.self)
-        let driver = try options.driver()
-        let definition = try await driverCall { try await driver.define(xml: xml) }
+        let backend = try options.backend()
+        let definition = try await driverCall { try await backend.define(xml: xml) }
         if json {
             Output.print(JSON.object([("name", .string(definition.name)), ("uuid", definition.uuid.map(JSON.string) ?? .null),
                                       ("machine", definition.os.machine.map(JSON.string) ?? .null)]).text + "\n")

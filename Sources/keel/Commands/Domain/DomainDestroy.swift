@@ -10,8 +10,8 @@ struct DomainDestroy: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try await driver.destroy(name: name) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.destroy(name: name) }
         Output.print(json ? JSON.object([("name", .string(name)), ("state", .string("shutoff"))]).text + "\n" : "Domain '\(name)' destroyed\n")
     }
 }

@@ -12,12 +12,12 @@ struct DomainDumpXML: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let definition = try await driverCall { try driver.xml(name: name, inactive: inactive, migratable: migratable) }
+        let backend = try options.backend()
+        let xml = try await driverCall { try await backend.xml(name: name, inactive: inactive, migratable: migratable) }
         if json {
-            Output.print(JSON.object([("name", .string(name)), ("xml", .string(definition.formatted()))]).text + "\n")
+            Output.print(JSON.object([("name", .string(name)), ("xml", .string(xml))]).text + "\n")
         } else {
-            Output.print(definition.formatted())
+            Output.print(xml)
         }
     }
 }

@@ -14,8 +14,8 @@ struct DomainJobAbort: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let job = try await driverCall { try await driver.abortJob(name: name) }
+        let backend = try options.backend()
+        let job = try await driverCall { try await backend.abortJob(name: name) }
         if json {
             Output.print(JSON.object([("name", .string(name)), ("aborted", .bool(true)), ("operation", .string(job.operation.rawValue))]).text + "\n")
         }

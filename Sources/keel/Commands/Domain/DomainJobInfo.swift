@@ -14,8 +14,8 @@ struct DomainJobInfo: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let job = try await driverCall { try driver.jobInfo(name: name) }
+        let backend = try options.backend()
+        let job = try await driverCall { try await backend.jobInfo(name: name) }
         Output.print(json ? Self.json(job).text + "\n" : Self.text(job))
     }
 

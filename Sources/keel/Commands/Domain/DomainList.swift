@@ -11,29 +11,30 @@ struct DomainList: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        // A `keel` killed mid-save left its guest paused: finish that job first.
-        await driver.recoverInterruptedJobs()
-        let domains = try await driverCall { try driver.list() }.filter { all || $0.state != .shutoff }
+        let backend = try options.backend()
+        let domains = try await driverCall { try await backend.list() }.filter { all || $0.state != .shutoff }
         if json {
             Output.print(JSON.array(domains.map { domain in
-                guard case .object(let members) = domain.json else { return domain.json }
-                return .object(members + [("managedSave", .bool(driver.hasManagedSave(name: domain.name)))])
+                .object([
+                    ("name", .string(domain.name)), ("uuid", domain.uuid.map(JSON.string) ?? .null), ("state", .string(domain.state.rawValue)),
+                    ("persistent", .bool(domain.persistent)), ("pid", domain.pid.map { .int(Int($0)) } ?? .null),
+                    ("managedSave", .bool(domain.managedSave)),
+                ])
             }).text + "\n")
             return
         }
         var text = " Id   Name                 State\n" + String(repeating: "-", count: 42) + "\n"
         for domain in domains {
             let id = domain.pid.map { String($0) } ?? "-"
-            text += " " + id.padding(4) + " " + domain.name.padding(20) + " " + state(of: domain, driver) + "\n"
+            text += " " + id.padding(4) + " " + domain.name.padding(20) + " " + state(of: domain) + "\n"
         }
         Output.print(text + "\n")
     }
 
     /// virsh's state column: "saved" for a stopped domain with a managed-save image under --managed-save.
-    func state(of domain: Driver.Summary, _ driver: Driver) -> String {
+    func state(of domain: ListedDomain) -> String {
         guard domain.state == .shutoff else { return domain.state.rawValue }
-        return managedSave && driver.hasManagedSave(name: domain.name) ? "saved" : "shut off"
+        return managedSave && domain.managedSave ? "saved" : "shut off"
     }
 }
 

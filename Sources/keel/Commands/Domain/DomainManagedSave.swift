@@ -20,10 +20,13 @@ struct DomainManagedSave: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
+        let backend = try options.backend()
         let override: Bool? = running ? true : (paused ? false : nil)
-        try await driverCall { try await driver.managedSave(name: name, running: override) }
-        let path = driver.store.managedSavePath(name)
+        let path = try await driverCall {
+            try await withProgress(backend: backend, domain: name, label: "Save") {
+                try await backend.managedSave(name: name, running: override)
+            }
+        }
         Output.print(json ? JSON.object([("name", .string(name)), ("file", .string(path))]).text + "\n" : "Domain '\(name)' state saved to \(path)\n")
     }
 }

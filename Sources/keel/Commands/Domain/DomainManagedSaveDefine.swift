@@ -22,10 +22,10 @@ struct DomainManagedSaveDefine: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
+        let backend = try options.backend()
         let xml = try SaveImageInspector.readXMLFile(xmlFile)
         let override: Bool? = running ? true : (paused ? false : nil)
-        let changed = try await driverCall { try driver.managedSaveDefine(name: name, xml: xml, running: override) }
+        let changed = try await driverCall { try await backend.managedSaveDefine(name: name, xml: xml, running: override) }
         if json {
             Output.print(JSON.object([("name", .string(name)), ("changed", .bool(changed))]).text + "\n")
         } else {

@@ -16,8 +16,8 @@ struct DomainManagedSaveDumpXML: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        var xml = try await driverCall { try driver.managedSaveXML(name: name) }
+        let backend = try options.backend()
+        var xml = try await driverCall { try await backend.managedSaveXML(name: name) }
         if !securityInfo, let root = try? XMLParser.parse(xml), let filtered = SaveImageInspector.withoutGraphicsPasswords(root) {
             xml = filtered.formatted()
         }

@@ -10,8 +10,8 @@ struct DomainManagedSaveRemove: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let removed = try await driverCall { try driver.removeManagedSave(name: name) }
+        let backend = try options.backend()
+        let removed = try await driverCall { try await backend.removeManagedSave(name: name) }
         if json {
             Output.print(JSON.object([("name", .string(name)), ("removed", .bool(removed))]).text + "\n")
         } else {

@@ -10,8 +10,8 @@ struct DomainReboot: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try await driver.reboot(name: name) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.reboot(name: name) }
         Output.print(json ? JSON.object([("name", .string(name)), ("rebooted", .bool(true))]).text + "\n" : "Domain '\(name)' is being rebooted\n")
     }
 }

@@ -25,10 +25,10 @@ struct DomainRestore: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
+        let backend = try options.backend()
         let xml = try xmlFile.map { String(decoding: try CPUInput.readFile($0), as: UTF8.self) }
         if dryRun {
-            let plan = try await driverCall { try await driver.planRestore(path: file, xml: xml) }
+            let plan = try await driverCall { try await backend.planRestore(file: file, xml: xml) }
             let verdict = plan.verdict
             if json {
                 func list(_ problems: [CPUVerdict.Problem]) -> JSON {
@@ -39,28 +39,28 @@ struct DomainRestore: AsyncParsableCommand {
                 }
                 Output.print(JSON.object([
                     ("restorable", .bool(verdict.restorable)), ("missing", list(verdict.missing)), ("extra", list(verdict.extra)),
-                    ("reasons", .array(verdict.reasons.map(JSON.string))), ("domain", .string(plan.definition.name)),
-                    ("cpu", plan.targetCPU.map { .string($0.formatted()) } ?? .null),
+                    ("reasons", .array(verdict.reasons.map(JSON.string))), ("domain", .string(plan.domain)),
+                    ("cpu", plan.cpu.map(JSON.string) ?? .null),
                 ]).text + "\n")
             } else if verdict.restorable {
-                Output.print("Domain '\(plan.definition.name)' can be restored on this host with its CPU unchanged\n")
+                Output.print("Domain '\(plan.domain)' can be restored on this host with its CPU unchanged\n")
             } else {
-                Output.print("Domain '\(plan.definition.name)' cannot be restored on this host: \(verdict.message)\n")
+                Output.print("Domain '\(plan.domain)' cannot be restored on this host: \(verdict.message)\n")
             }
             if !verdict.restorable { throw ExitCode(1) }
             return
         }
         let override: Bool? = running ? true : (paused ? false : nil)
-        // On a terminal, the domain's name (its job record drives the progress bar) comes from
-        // the image's data area; piped, nothing extra is read.
+        // On a terminal, the domain's name (its job drives the progress bar) comes from the
+        // image's data area; piped, nothing extra is read.
         let name = isatty(2) == 1 ? (try? SaveImage.read(path: file)).flatMap { try? DomainDefinition(xmlString: $0.dataArea.xml).name } : nil
-        let status = try await driverCall {
-            guard let name else { return try await driver.restore(path: file, running: override, xml: xml) }
-            return try await withProgress(driver: driver, domain: name, label: "Restore") {
-                try await driver.restore(path: file, running: override, xml: xml)
+        let restored = try await driverCall {
+            guard let name else { return try await backend.restore(file: file, running: override, xml: xml) }
+            return try await withProgress(backend: backend, domain: name, label: "Restore") {
+                try await backend.restore(file: file, running: override, xml: xml)
             }
         }
-        Output.print(json ? JSON.object([("name", .string(status.live.name)), ("state", .string(status.state.rawValue))]).text + "\n"
-                          : "Domain '\(status.live.name)' restored from \(file)\n")
+        Output.print(json ? JSON.object([("name", .string(restored.name)), ("state", .string(restored.state))]).text + "\n"
+                          : "Domain '\(restored.name)' restored from \(file)\n")
     }
 }

@@ -10,8 +10,8 @@ struct DomainResume: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try await driver.setPaused(name: name, false) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.setPaused(name: name, false) }
         Output.print(json ? JSON.object([("name", .string(name)), ("state", .string("running"))]).text + "\n" : "Domain '\(name)' resumed\n")
     }
 }

@@ -24,12 +24,12 @@ struct DomainSave: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
+        let backend = try options.backend()
         let compression = SaveImageCompression(name: compress) ?? .raw
         let override: Bool? = running ? true : (paused ? false : nil)
         try await driverCall {
-            try await withProgress(driver: driver, domain: name, label: "Save") {
-                try await driver.save(name: name, to: file, running: override, compression: compression)
+            try await withProgress(backend: backend, domain: name, label: "Save") {
+                try await backend.save(name: name, file: file, running: override, compression: compression)
             }
         }
         Output.print(json ? JSON.object([("name", .string(name)), ("file", .string(file))]).text + "\n" : "Domain '\(name)' saved to \(file)\n")

@@ -21,8 +21,8 @@ struct DomainShutdown: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try await driver.shutdown(name: name, timeout: .milliseconds(Int64(timeout * 1000))) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.shutdown(name: name, timeout: .milliseconds(Int64(timeout * 1000))) }
         Output.print(json ? JSON.object([("name", .string(name)), ("state", .string("shutoff"))]).text + "\n" : "Domain '\(name)' is shut down\n")
     }
 }

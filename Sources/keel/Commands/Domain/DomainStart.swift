@@ -11,12 +11,12 @@ struct DomainStart: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let status = try await driverCall { try await driver.start(name: name, paused: paused) }
+        let backend = try options.backend()
+        let started = try await driverCall { try await backend.start(name: name, paused: paused) }
         if json {
-            Output.print(JSON.object([("name", .string(name)), ("state", .string(status.state.rawValue)), ("pid", .int(Int(status.pid))),
-                                      ("cpu", status.live.cpu.map { .string($0.formatted()) } ?? .null),
-                                      ("originalCPU", status.originalCPU.map { .string($0.formatted()) } ?? .null)]).text + "\n")
+            Output.print(JSON.object([("name", .string(name)), ("state", .string(started.state)), ("pid", .int(Int(started.pid))),
+                                      ("cpu", started.cpu.map(JSON.string) ?? .null),
+                                      ("originalCPU", started.originalCPU.map(JSON.string) ?? .null)]).text + "\n")
         } else {
             Output.print("Domain '\(name)' started\n")
         }

@@ -10,8 +10,8 @@ struct DomainUndefine: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        try await driverCall { try driver.undefine(name: name) }
+        let backend = try options.backend()
+        try await driverCall { try await backend.undefine(name: name) }
         Output.print(json ? JSON.object([("name", .string(name)), ("undefined", .bool(true))]).text + "\n" : "Domain '\(name)' has been undefined\n")
     }
 }

@@ -18,18 +18,18 @@ struct Capabilities: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
-        let driver = try options.driver()
-        let capabilities = try await HostProbe.host(driver: driver, emulator: driver.configuration.emulator)
+        let backend = try options.backend()
+        let capabilities = try await driverCall { try await backend.hostCapabilities() }
         if json {
-            Output.print(Self.json(capabilities).text + "\n")
+            Output.print(Self.json(capabilities.report).text + "\n")
         } else {
-            Output.print(capabilities.xmlElement.formatted())
+            Output.print(capabilities.xml)
         }
     }
 
-    static func json(_ capabilities: HostCapabilities) -> JSON {
+    static func json(_ report: HostCapabilities.Report) -> JSON {
         var cpu: [(String, JSON)] = [("arch", .string("x86_64"))]
-        if let hostCPU = capabilities.hostCPU {
+        if let hostCPU = report.hostCPU {
             cpu.append(("model", hostCPU.model.map(JSON.string) ?? .null))
             cpu.append(("vendor", hostCPU.vendor.map(JSON.string) ?? .null))
             if let signature = hostCPU.signature {
@@ -37,21 +37,21 @@ struct Capabilities: AsyncParsableCommand {
                     ("family", .int(Int(signature.family))), ("model", .int(Int(signature.model))), ("stepping", .int(Int(signature.stepping))),
                 ])))
             }
-            cpu.append(("features", .array(hostCPU.features.map { .string($0.name) })))
+            cpu.append(("features", .array(hostCPU.features.map(JSON.string))))
         }
-        let machines = capabilities.machines.map { machine -> JSON in
+        let machines = report.machines.map { machine -> JSON in
             .object([
                 ("name", .string(machine.name)), ("canonical", machine.canonical.map(JSON.string) ?? .null),
                 ("maxCpus", machine.maxCPUs.map { .int($0) } ?? .null), ("default", .bool(machine.isDefault)),
             ])
         }
         return .object([
-            ("host", .object([("uuid", capabilities.hostUUID.map(JSON.string) ?? .null), ("cpu", .object(cpu))])),
+            ("host", .object([("uuid", report.hostUUID.map(JSON.string) ?? .null), ("cpu", .object(cpu))])),
             ("guests", .array([.object([
                 ("osType", .string("hvm")), ("arch", .string("x86_64")), ("wordsize", .int(64)),
-                ("emulator", capabilities.guests.first.map { .string($0.binary) } ?? .null),
+                ("emulator", report.emulator.map(JSON.string) ?? .null),
                 ("machines", .array(machines)),
-                ("domains", .array(capabilities.guests.map { .string($0.accelerator.domainType) })),
+                ("domains", .array(report.domainTypes.map(JSON.string))),
             ])])),
         ])
     }

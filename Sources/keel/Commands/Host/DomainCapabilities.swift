@@ -29,59 +29,44 @@ struct DomainCapabilities: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let driver = try options.driver()
-        let binary = emulator ?? driver.configuration.emulator
-        let capabilities: QEMUCapabilities
-        if let virtType, let accelerator = QEMUCapabilities.Accelerator(domainType: virtType) {
-            capabilities = try await HostProbe.capabilities(driver: driver, emulator: binary, accelerator: accelerator)
-        } else if let kvm = try await HostProbe.kvmIfAvailable(driver: driver, emulator: binary) {
-            // virsh asks for the best type the host has.
-            capabilities = kvm
-        } else {
-            capabilities = try await HostProbe.capabilities(driver: driver, emulator: binary, accelerator: .tcg)
-        }
-        let element: XMLElement
-        do {
-            element = try capabilities.domainCapabilitiesXML(machine: machine, map: driver.map)
-        } catch let error as QEMUError {
-            throw CommandFailure(message: error.message)
+        let backend = try options.backend()
+        let capabilities = try await driverCall {
+            try await backend.domainCapabilities(virtType: virtType, machine: machine, emulator: emulator)
         }
         if json {
-            Output.print(Self.json(capabilities, machine: element.child("machine")?.text ?? "", map: driver.map).text + "\n")
+            Output.print(Self.json(capabilities.report).text + "\n")
         } else {
-            Output.print(element.formatted())
+            Output.print(capabilities.xml)
         }
     }
 
-    static func json(_ capabilities: QEMUCapabilities, machine: String, map: CPUMap) -> JSON {
-        var hostModel: [(String, JSON)] = [("supported", .bool(capabilities.hostModel != nil))]
-        if let cpu = capabilities.hostModel {
+    static func json(_ report: QEMUCapabilities.DomainReport) -> JSON {
+        var hostModel: [(String, JSON)] = [("supported", .bool(report.hostModel != nil))]
+        if let cpu = report.hostModel {
             hostModel += [
-                ("model", cpu.model.map(JSON.string) ?? .null), ("fallback", .string(cpu.fallback.rawValue)),
+                ("model", cpu.model.map(JSON.string) ?? .null), ("fallback", .string(cpu.fallback)),
                 ("vendor", cpu.vendor.map(JSON.string) ?? .null),
-                ("features", .array(cpu.features.map { .object([("name", .string($0.name)), ("policy", .string($0.effectivePolicy.rawValue))]) })),
+                ("features", .array(cpu.features.map { .object([("name", .string($0.name)), ("policy", .string($0.policy))]) })),
             ]
         }
-        let custom = capabilities.customModels(map: map).map { model -> JSON in
+        let custom = report.custom.map { model -> JSON in
             .object([
-                ("name", .string(model.name)), ("usable", .bool(model.isUsable)), ("deprecated", .bool(model.isDeprecated)),
-                ("vendor", .string(map.model(named: model.name)?.vendor ?? "unknown")),
-                ("blockers", .array(model.unavailableFeatures.map(JSON.string))),
+                ("name", .string(model.name)), ("usable", .bool(model.usable)), ("deprecated", .bool(model.deprecated)),
+                ("vendor", .string(model.vendor)), ("blockers", .array(model.blockers.map(JSON.string))),
             ])
         }
-        let maxCPUs = capabilities.machines.first { $0.name == machine }?.maxCPUs
         return .object([
-            ("path", .string(capabilities.binary)), ("domain", .string(capabilities.accelerator.domainType)),
-            ("machine", .string(machine)), ("arch", .string("x86_64")), ("version", .string(capabilities.version)),
-            ("vcpuMax", maxCPUs.map { .int($0) } ?? .null),
+            ("path", .string(report.path)), ("domain", .string(report.domain)),
+            ("machine", .string(report.machine)), ("arch", .string("x86_64")), ("version", .string(report.version)),
+            ("vcpuMax", report.vcpuMax.map { .int($0) } ?? .null),
             ("cpu", .object([
-                ("hostPassthrough", .object([("supported", .bool(capabilities.supports(.hostPassthrough, map: map)))])),
-                ("maximum", .object([("supported", .bool(capabilities.supports(.maximum, map: map)))])),
+                ("hostPassthrough", .object([("supported", .bool(report.hostPassthrough))])),
+                ("maximum", .object([("supported", .bool(report.maximum))])),
                 ("hostModel", .object(hostModel)),
                 ("custom", .array(custom)),
             ])),
-            ("forcedFeatures", .array(capabilities.forcedFeatures.map(JSON.string))),
-            ("unmigratableFeatures", .array(capabilities.unmigratableFeatures.map(JSON.string))),
+            ("forcedFeatures", .array(report.forcedFeatures.map(JSON.string))),
+            ("unmigratableFeatures", .array(report.unmigratableFeatures.map(JSON.string))),
         ])
     }
 }

@@ -31,9 +31,9 @@ struct HypervisorCPUBaseline: AsyncParsableCommand {
 
     func run() async throws {
         let cpus = try CPUInput.definitions(CPUInput.cpuElements(inFile: file), as: .auto, file: file)
-        let driver = try options.driver()
+        let backend = try options.backend()
         let baseline = try await driverCall {
-            try await driver.baselineHypervisorCPU(cpus, virtType: virtType, expandFeatures: features, migratable: migratable)
+            try await backend.baselineHypervisorCPU(cpus, virtType: virtType, expandFeatures: features, migratable: migratable)
         }
         let xml = baseline.formatted()
         if json {

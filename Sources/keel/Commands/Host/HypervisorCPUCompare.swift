@@ -30,10 +30,10 @@ struct HypervisorCPUCompare: AsyncParsableCommand {
 
     func run() async throws {
         let cpu = try CPUInput.definitions(CPUInput.cpuElements(inFile: file), as: .auto, file: file)[0]
-        let driver = try options.driver()
+        let backend = try options.backend()
         let comparison: CPUComparison
         do {
-            comparison = try await driver.compareHypervisorCPU(cpu, virtType: virtType, failIncompatible: error)
+            comparison = try await backend.compareHypervisorCPU(cpu, virtType: virtType, failIncompatible: error)
         } catch let failure as QEMUError {
             throw CommandFailure(message: failure.message, exitCode: failure.code == .incompatibleCPU ? 2 : 1)
         }
