@@ -1,4 +1,5 @@
 import Foundation
+import KeelTestSupport
 import Testing
 
 /// A `keeld` process on a throwaway directory (`ROOT/state`, socket `ROOT/run/keeld.sock`), for
@@ -21,13 +22,7 @@ final class KeeldProcess {
     /// The test guest, built with nasm on first use.
     static let guestPath: String? = {
         let elf = Keel.repository.appendingPathComponent("guest/keel-guest.elf").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/make")
-        process.arguments = ["-s", "-C", Keel.repository.appendingPathComponent("guest").path]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        process.waitUntilExit()
+        guard (try? Subprocess.run("/usr/bin/make", ["-s", "-C", Keel.repository.appendingPathComponent("guest").path], timeout: 120)) != nil else { return nil }
         return FileManager.default.fileExists(atPath: elf) ? elf : nil
     }()
 
@@ -207,39 +202,26 @@ enum ClientRun {
     }
 
     /// Starts keel without waiting, its output in files under `directory`.
-    static func spawn(_ arguments: [String], environment: [String: String] = [:], directory: String) throws -> (Process, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Keel.binary)
-        process.arguments = arguments
+    static func spawn(_ arguments: [String], environment: [String: String] = [:], directory: String) throws -> (Subprocess.Child, stdout: String, stderr: String) {
         var env = ProcessInfo.processInfo.environment
         for (key, value) in ["KEEL_CONNECT": "", "KEEL_SOCKET": "/nonexistent/keeld.sock"].merging(environment, uniquingKeysWith: { $1 }) {
             env[key] = value
         }
-        process.environment = env
         let name = UUID().uuidString.prefix(8)
         let out = directory + "/\(name).out"
         let err = directory + "/\(name).err"
         _ = FileManager.default.createFile(atPath: out, contents: nil)
         _ = FileManager.default.createFile(atPath: err, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        return (process, out, err)
+        let child = try Subprocess.spawn(Keel.binary, arguments, environment: env, captureOutput: false, outputFile: out, errorFile: err)
+        return (child, out, err)
     }
 
     /// Waits for a spawned process, killing it after `timeout`.
-    static func wait(_ process: Process, timeout: TimeInterval) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning {
-            if Date() > deadline {
-                process.terminate()
-                process.waitUntilExit()
-                return nil
-            }
-            usleep(20_000)
-        }
-        return process.terminationStatus
+    static func wait(_ process: Subprocess.Child, timeout: TimeInterval) -> Int32? {
+        if let status = process.wait(timeout: timeout) { return status }
+        process.signal(SIGKILL)
+        _ = process.wait(timeout: 10)
+        return nil
     }
 
     /// What differs between two runs of the same steps: the QEMU pids and the directory.

@@ -176,7 +176,7 @@ public enum Subprocess {
     }
 
     /// Starts a child in its own process group. With `captureOutput` false its output goes to
-    /// `outputFile` (appended) or /dev/null.
+    /// `outputFile` (appended) or /dev/null, and its errors to `errorFile`, else with the output.
     /// A pipe whose ends close on exec (the child gets its end through dup2).
     private static func makePipe(_ fds: inout [Int32]) -> Bool {
         guard pipe(&fds) == 0 else { return false }
@@ -186,7 +186,8 @@ public enum Subprocess {
 
     public static func spawn(
         _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
-        directory: String? = nil, input: Data? = nil, captureOutput: Bool = true, outputFile: String? = nil
+        directory: String? = nil, input: Data? = nil, captureOutput: Bool = true, outputFile: String? = nil,
+        errorFile: String? = nil
     ) throws -> Child {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -223,7 +224,11 @@ public enum Subprocess {
         } else {
             let target = outputFile ?? "/dev/null"
             posix_spawn_file_actions_addopen(&actions, 1, target, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+            if let errorFile {
+                posix_spawn_file_actions_addopen(&actions, 2, errorFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            } else {
+                posix_spawn_file_actions_adddup2(&actions, 1, 2)
+            }
         }
         if let directory {
             // A GNU extension (glibc 2.29), which the Glibc module does not export.
