@@ -33,6 +33,8 @@ let package = Package(
         .target(name: "KeelDomain", dependencies: ["KeelXML", "KeelCPU"], swiftSettings: strict),
         .target(name: "KeelSaveImage", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
+        // The migration protocol's pure core: the cookie, the messages and both state machines.
+        .target(name: "KeelMigration", dependencies: ["KeelXML", "KeelCPU", "KeelDomain"], swiftSettings: strict),
         .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP"], swiftSettings: strict),
         .executableTarget(
             name: "keel",
@@ -71,6 +73,7 @@ let package = Package(
         .testTarget(name: "KeelDomainTests", dependencies: ["KeelDomain"]),
         .testTarget(name: "KeelSaveImageTests", dependencies: ["KeelSaveImage", "KeelDomain"], exclude: ["Fixtures"]),
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP"], exclude: ["Transcripts"]),
+        .testTarget(name: "KeelMigrationTests", dependencies: ["KeelMigration", "KeelDomain", "KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain"]),
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU"]),
