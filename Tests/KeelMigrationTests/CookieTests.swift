@@ -201,7 +201,7 @@ struct CookieTests {
 }
 
 /// The `MigrationError` `body` throws, or nil.
-func refusal(_ body: () throws -> Any) -> MigrationError? {
+func refusal<T>(_ body: () throws -> T) -> MigrationError? {
     do {
         _ = try body()
         return nil

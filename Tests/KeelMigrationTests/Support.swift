@@ -82,6 +82,10 @@ enum Guest {
         }
     }
 
+    static func domain(running: Bool = true) throws -> MigrationSource.Domain {
+        MigrationSource.Domain(migratable: try definition, updatedCPU: try updatedCPU, abiRecord: try abiRecord, running: running)
+    }
+
     /// A verdict refusing avx2 (beyond the ceiling) and vmx (QEMU cannot turn it off).
     static let refusal = CPUVerdict(
         missing: [CPUVerdict.Problem(
