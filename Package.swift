@@ -33,6 +33,8 @@ let package = Package(
         .target(name: "KeelDomain", dependencies: ["KeelXML", "KeelCPU"], swiftSettings: strict),
         .target(name: "KeelSaveImage", dependencies: [], swiftSettings: strict),
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
+        // The migration protocol's pure core: the cookie, the messages and both state machines.
+        .target(name: "KeelMigration", dependencies: ["KeelXML", "KeelCPU", "KeelDomain"], swiftSettings: strict),
         .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP"], swiftSettings: strict),
         // keeld's client: HTTP/1.1 over a Unix socket, no NIO (the CLI is built without it).
         .target(name: "KeelClient", dependencies: [], swiftSettings: strict),
@@ -77,6 +79,7 @@ let package = Package(
         .testTarget(name: "KeelQMPTests", dependencies: ["KeelQMP", "KeelTestSupport"], exclude: ["Transcripts"]),
         .testTarget(name: "KeelQEMUTests", dependencies: ["KeelQEMU", "KeelQMP", "KeelCPU", "KeelDomain", "KeelTestSupport"]),
         .testTarget(name: "KeelClientTests", dependencies: ["KeelClient"]),
+        .testTarget(name: "KeelMigrationTests", dependencies: ["KeelMigration", "KeelDomain", "KeelCPU", "KeelXML"], resources: [.copy("Fixtures")]),
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU", "KeelTestSupport"]),
         // Runs the built `keeld` binary and talks to it over its socket.

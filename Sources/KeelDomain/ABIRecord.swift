@@ -139,7 +139,7 @@ public struct ABIRecord: Sendable, Hashable {
     }
 
     /// Whether `element` is an ABI record: its name's prefix is bound to Keel's namespace.
-    static func isRecord(_ element: XMLElement) -> Bool {
+    public static func isRecord(_ element: XMLElement) -> Bool {
         let parts = element.name.split(separator: ":")
         let local = parts.last.map(String.init) ?? ""
         let declaration = parts.count == 2 ? "xmlns:" + parts[0] : "xmlns"

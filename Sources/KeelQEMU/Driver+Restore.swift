@@ -64,23 +64,26 @@ extension Driver {
         guard let machine = definition.os.machine, capabilities.machines.contains(where: { $0.name == machine }) else {
             throw QEMUError(.unsupported, "cannot restore from \(path): machine type '\(definition.os.machine ?? "")' is not supported by QEMU \(capabilities.version)")
         }
-        // Keel's ABI record carries the whole effective CPU; libvirt's cookie CPU only what
-        // libvirt can name; images from older writers have neither.
-        let target = cookie?.abiRecord?.effectiveCPU ?? cookie?.cpu ?? definition.cpu
-        var verdict = CPUVerdict(missing: [], extra: [], reasons: [])
-        if let target, target.model != nil || target.mode != .custom {
-            do {
-                verdict = try CPUVerdict.decide(for: target, capabilities: capabilities, ceiling: configuration.cpuCeiling, map: map)
-            } catch let error as CPUError {
-                throw QEMUError(.invalidArgument, "cannot restore from \(path): \(error.message)")
-            }
-            if cookie?.cpu == nil && cookie?.abiRecord?.effectiveCPU == nil && target.mode != .custom {
-                // Without a cookie the CPU is started from the XML and updated live, as libvirt does.
-                verdict.reasons = []
-            }
+        let incoming = IncomingCPU(original: definition.cpu, sideChannel: cookie?.cpu, abiRecord: cookie?.abiRecord)
+        let verdict: CPUVerdict
+        do {
+            verdict = try self.verdict(for: incoming, capabilities: capabilities)
+        } catch let error as CPUError {
+            throw QEMUError(.invalidArgument, "cannot restore from \(path): \(error.message)")
         }
-        return RestorePlan(definition: definition, cookie: cookie, targetCPU: target, verdict: verdict,
+        return RestorePlan(definition: definition, cookie: cookie, targetCPU: incoming.target, verdict: verdict,
                            capabilities: capabilities, wasRunning: info.header.wasRunning, info: info)
+    }
+
+    /// Whether this host — its QEMU under the guest's accelerator and its CPU ceiling — can
+    /// reproduce an incoming guest CPU exactly: the one verdict restore and incoming migration
+    /// share, decided before any QEMU starts.
+    ///
+    /// - Throws: `CPUError` for a model or feature the CPU map does not know.
+    public func verdict(for incoming: IncomingCPU, capabilities: QEMUCapabilities) throws -> CPUVerdict {
+        try incoming.verdict { cpu in
+            try CPUVerdict.decide(for: cpu, capabilities: capabilities, ceiling: configuration.cpuCeiling, map: map)
+        }
     }
 
     /// Restores a domain from an image.
@@ -109,7 +112,7 @@ extension Driver {
             throw QEMUError(.incompatibleCPU, "this host cannot reproduce the saved guest CPU: \(plan.verdict.message)",
                             features: plan.verdict.missing.map(\.feature) + plan.verdict.extra.map(\.feature))
         }
-        let pinned = plan.cookie?.abiRecord?.effectiveCPU ?? plan.cookie?.cpu
+        let pinned = IncomingCPU(original: definition.cpu, sideChannel: plan.cookie?.cpu, abiRecord: plan.cookie?.abiRecord).pinned
         let cpuArgument: String?
         let startCPU: CPUDefinition?
         if let pinned {

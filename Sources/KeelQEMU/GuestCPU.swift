@@ -1,4 +1,5 @@
 import KeelCPU
+import KeelDomain
 
 /// How Keel turns a guest CPU into QEMU's `-cpu` argument, and decides before QEMU starts
 /// whether a host can reproduce a CPU exactly.
@@ -78,44 +79,7 @@ public enum GuestCPU {
     }
 }
 
-/// Whether a host can reproduce a saved or migrating guest CPU exactly, decided from the CPU,
-/// the host's probed QEMU capabilities and its administrator's ceiling — before QEMU starts.
-public struct CPUVerdict: Sendable {
-    /// One feature the host cannot reproduce, with its CPUID bits and why.
-    public struct Problem: Sendable, Hashable {
-        public var feature: CPUFeatureProblem
-        public var reason: String
-
-        public init(feature: CPUFeatureProblem, reason: String) {
-            self.feature = feature
-            self.reason = reason
-        }
-    }
-
-    public var missing: [Problem]
-    public var extra: [Problem]
-    public var reasons: [String]
-
-    public init(missing: [Problem], extra: [Problem], reasons: [String]) {
-        self.missing = missing
-        self.extra = extra
-        self.reasons = reasons
-    }
-
-    public var restorable: Bool { missing.isEmpty && extra.isEmpty && reasons.isEmpty }
-
-    /// A one-paragraph explanation naming each feature and its bits.
-    public var message: String {
-        var parts = reasons
-        for problem in missing {
-            parts.append("missing \(problem.feature.name) (\(problem.feature.locations.map(\.description).joined(separator: ", "))): \(problem.reason)")
-        }
-        for problem in extra {
-            parts.append("extra \(problem.feature.name) (\(problem.feature.locations.map(\.description).joined(separator: ", "))): \(problem.reason)")
-        }
-        return parts.joined(separator: "; ")
-    }
-
+extension CPUVerdict {
     /// Decides whether `cpu` can be reproduced exactly on this host.
     ///
     /// - Parameters:
@@ -124,7 +88,7 @@ public struct CPUVerdict: Sendable {
     ///   - ceiling: the administrator's ceiling for this host, if any.
     ///   - map: the CPU map.
     public static func decide(for cpu: CPUDefinition, capabilities: QEMUCapabilities, ceiling: CPUDefinition?, map: CPUMap) throws -> CPUVerdict {
-        var verdict = CPUVerdict(missing: [], extra: [], reasons: [])
+        var verdict = CPUVerdict()
         if let model = cpu.model, cpu.mode == .custom, capabilities.cpuModel(named: model) == nil {
             verdict.reasons.append("CPU model \(model) is not supported by QEMU \(capabilities.version) (\(capabilities.accelerator.rawValue))")
         }
