@@ -55,15 +55,18 @@ ensure_conf group '"root"'
 ensure_conf dynamic_ownership 0
 
 if [ "$conf_changed" = 1 ] && pid=$(pgrep -r R,S,D -x libvirtd); then
-    # libvirtd reads qemu.conf only at startup.
+    # libvirtd reads qemu.conf only at startup. It may take a while to stop (an apt postinst
+    # may just have started it); it is killed outright after 30 s.
     echo "qemu.conf changed: restarting libvirtd ($pid)"
-    kill "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill $pid
+    for _ in $(seq 300); do pgrep -r R,S,D -x libvirtd >/dev/null || break; sleep 0.1; done
+    pkill -KILL -x libvirtd 2>/dev/null && sleep 0.5
 fi
-# Live daemons only: a zombie left by an earlier run does not answer.
-pgrep -r R,S,D -x virtlogd >/dev/null || virtlogd -d
-pgrep -r R,S,D -x libvirtd >/dev/null || libvirtd -d
-for _ in $(seq 100); do
+# Live daemons only: a zombie left by an earlier run does not answer. Detached from this
+# script's output: a daemon holding it open would keep a caller that reads it to its end waiting.
+pgrep -r R,S,D -x virtlogd >/dev/null || virtlogd -d </dev/null >/dev/null 2>&1
+pgrep -r R,S,D -x libvirtd >/dev/null || libvirtd -d </dev/null >/dev/null 2>&1
+for _ in $(seq 300); do
     virsh -q -c "$virsh_uri" uri >/dev/null 2>&1 && break
     sleep 0.1
 done
