@@ -122,6 +122,22 @@ public struct DomainJob: Sendable, Hashable {
     /// What an abort request names, so that a request meant for an earlier job never stops a
     /// later one.
     var identity: String { "\(pid) \(startedMilliseconds)" }
+
+    /// Hears the progress of jobs run by the task it is bound to (and its child tasks), in this
+    /// process: `try await DomainJob.$observer.withValue(observer) { try await driver.save(…) }`.
+    public struct Observer: Sendable {
+        /// Called with the domain's name and the job, on every change of QEMU's migration
+        /// status and about every `interval` in between.
+        public let report: @Sendable (_ domain: String, _ job: DomainJob) -> Void
+        public let interval: Duration
+
+        public init(interval: Duration = .milliseconds(500), _ report: @escaping @Sendable (_ domain: String, _ job: DomainJob) -> Void) {
+            self.report = report
+            self.interval = interval
+        }
+    }
+
+    @TaskLocal public static var observer: Observer?
 }
 
 extension Driver {
@@ -191,6 +207,8 @@ final class DomainJobRecorder {
     private var job: DomainJob
     private var lastWrite = ContinuousClock.now
     private var finished = false
+    private let observer = DomainJob.observer
+    private var lastReport: ContinuousClock.Instant?
 
     init(store: DomainStore, name: String, operation: DomainJob.Operation) {
         self.store = store
@@ -237,6 +255,10 @@ final class DomainJobRecorder {
         }
         if job.status != previousStatus || ContinuousClock.now - lastWrite >= .milliseconds(200) {
             write()
+        }
+        if let observer, job.status != previousStatus || lastReport.map({ ContinuousClock.now - $0 >= observer.interval }) ?? true {
+            lastReport = .now
+            observer.report(name, job)
         }
         guard abortRequested else { return }
         let aborted = QEMUError(.aborted, "operation aborted: \(job.operation.rawValue) of '\(name)' cancelled by client")

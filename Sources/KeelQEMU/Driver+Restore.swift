@@ -121,7 +121,7 @@ extension Driver {
         }
         let arguments = try QEMUCommandLine.arguments(for: definition.with(cpu: startCPU), options: .init(
             cpu: cpuArgument, machine: definition.os.machine ?? "", accelerator: plan.capabilities.accelerator,
-            qmpSocket: store.qmpPath(definition.name), incoming: true
+            qmpSocket: store.qmpPath(definition.name), eventSocket: store.eventsPath(definition.name), incoming: true
         ))
         let reader: SaveImageReader
         do {
