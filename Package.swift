@@ -75,6 +75,6 @@ let package = Package(
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU"]),
         // Runs the built `keeld` binary and talks to it over its socket.
-        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU"]),
+        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU", "KeelSaveImage"]),
     ]
 )
