@@ -56,9 +56,9 @@ public struct Daemon: Sendable {
             logger.notice("removed a stale socket", metadata: ["socket": "\(socket.path)"])
         }
         reattach(holder.driver)
-        for recovery in await holder.driver.recoverInterruptedJobs() {
+        for recovery in await holder.driver.recoverInterruptedJobs() + holder.driver.reconcileRunStates() {
             logger.warning("recovered an interrupted job", metadata: [
-                "domain": "\(recovery.name)", "job": "\(recovery.operation.rawValue)", "action": "\(recovery.action)",
+                "domain": "\(recovery.name)", "job": "\(recovery.operation?.rawValue ?? "-")", "action": "\(recovery.action)",
             ])
         }
         await autostartOnce(holder.driver, marker: Self.autostartMarker(socketPath: configuration.socketPath))
