@@ -35,14 +35,23 @@ extension Driver {
         let process = QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket)
         var shutdown: (guest: Bool, reason: String)?
         let eventSocket = store.eventsPath(status.live.name)
-        if POSIXFile.exists(eventSocket) {
-            shutdown = try? await QMP.Client.withConnection(to: eventSocket, deadline: .seconds(5)) { client in
-                var last: (guest: Bool, reason: String)?
-                // Ends when QEMU closes the monitor (it exits) or this task is cancelled.
-                for await event in client.events where event.name == "SHUTDOWN" {
-                    last = (event.data["guest"]?.boolValue ?? false, event.data["reason"]?.stringValue ?? "")
+        // A connection that fails while QEMU lives (a previous watcher's connection not yet
+        // released by QEMU, say) is tried again.
+        var attempts = 0
+        while attempts < 5, POSIXFile.exists(eventSocket), process.isAlive, !Task.isCancelled {
+            attempts += 1
+            do {
+                shutdown = try await QMP.Client.withConnection(to: eventSocket, deadline: .seconds(5)) { client in
+                    var last: (guest: Bool, reason: String)?
+                    // Ends when QEMU closes the monitor (it exits) or this task is cancelled.
+                    for await event in client.events where event.name == "SHUTDOWN" {
+                        last = (event.data["guest"]?.boolValue ?? false, event.data["reason"]?.stringValue ?? "")
+                    }
+                    return last
                 }
-                return last
+                break
+            } catch {
+                try? await Task.sleep(for: .milliseconds(200))
             }
         }
         // The monitor closes while QEMU exits; report the exit once the process is gone.
