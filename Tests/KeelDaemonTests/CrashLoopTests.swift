@@ -135,6 +135,22 @@ struct CrashLoopTests {
                 #expect(try SaveImage.read(path: image).isComplete, "the restored image is intact: \(detail)")
                 #expect(try FileManager.default.attributesOfItem(atPath: image)[.size] as? Int == imageSize, "\(detail)")
             }
+
+            // The last keeld found its guests rather than started them, and still follows them
+            // on their event monitors: a killed QEMU is crashed, a QEMU told to quit is stopped.
+            try prepare(keeld, saverPaused: false, saved: saved)
+            keeld.stop(SIGKILL)
+            try keeld.start()
+            _ = try await eventually { try keeld.get("/metrics").text.contains("keel_watched_processes 3\n") ? true : nil }
+            // Followed; give the watcher a moment to be connected to each event monitor.
+            try await Task.sleep(for: .milliseconds(500))
+            let events = try EventStream(socket: keeld.socket)
+            for (name, signal, expected) in [("steady-1", SIGKILL, "crashed QEMU exited without shutting down"), ("steady-2", SIGTERM, "stopped host-signal")] {
+                let pid = try #require(qemu(keeld, name).first)
+                kill(pid, signal)
+                let seen = events.collect { $0["domain"] as? String == name }.last
+                #expect(seen?.eventDetail == expected, "\(name): \(seen ?? [:])")
+            }
         }
         print("CrashLoopTests: \(iterations) iterations in \(Int(Date().timeIntervalSince(began))) s")
     }
