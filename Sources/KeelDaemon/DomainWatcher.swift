@@ -33,7 +33,7 @@ final class DomainWatcher: Service, Sendable {
     private let requestSink: AsyncStream<DomainStatus>.Continuation
     private let followed = NIOLockedValueBox(Set<Key>())
 
-    init(holder: DriverHolder, gates: DomainGateRegistry, bus: EventBus, logger: Logger, rescanInterval: Duration = .seconds(2)) {
+    init(holder: DriverHolder, gates: DomainGateRegistry, bus: EventBus, logger: Logger, rescanInterval: Duration = .seconds(5)) {
         self.holder = holder
         self.gates = gates
         self.bus = bus
