@@ -60,8 +60,10 @@ if [ "$conf_changed" = 1 ] && pid=$(pgrep -x libvirtd); then
     kill "$pid"
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 fi
-pgrep -x virtlogd >/dev/null || virtlogd -d
-pgrep -x libvirtd >/dev/null || libvirtd -d
+# Detached from this script's output: a daemon holding it open would keep a caller that reads
+# the output to its end (InteropTests) waiting forever.
+pgrep -x virtlogd >/dev/null || virtlogd -d </dev/null >/dev/null 2>&1
+pgrep -x libvirtd >/dev/null || libvirtd -d </dev/null >/dev/null 2>&1
 for _ in $(seq 100); do
     virsh -q -c "$virsh_uri" uri >/dev/null 2>&1 && break
     sleep 0.1
