@@ -83,6 +83,6 @@ let package = Package(
         // Runs the built `keel` binary as users do.
         .testTarget(name: "KeelCLITests", dependencies: ["KeelSaveImage", "KeelDomain", "KeelCPU", "KeelTestSupport"]),
         // Runs the built `keeld` binary and talks to it over its socket.
-        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU", "KeelTestSupport"]),
+        .testTarget(name: "KeelDaemonTests", dependencies: ["KeelDaemon", "KeelQEMU", "KeelSaveImage", "KeelTestSupport"]),
     ]
 )

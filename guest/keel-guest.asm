@@ -18,6 +18,15 @@ COM1            equ 0x3F8
 PIT_PER_TICK    equ 18                  ; PIT at its slowest (~18.2 Hz): 18 IRQs ≈ 1 s
 TICKS_PER_BLOCK equ 10                  ; re-print the CPUID block every 10 ticks
 FILL_BASE       equ 0x200000            ; fill starts at 2 MiB, above the image
+PCI_ADDRESS     equ 0xCF8
+PCI_DATA        equ 0xCFC
+PIIX4_PM        equ 0x80000B00          ; PCI 00:01.3, QEMU's PIIX4 power management
+PIIX4_PM_ID     equ 0x71138086          ; its device and vendor ids
+PMBASE_REG      equ 0x40                ; bits 15:6 hold the I/O base of its registers
+PM1_EN          equ 2                   ; PM1 enable, from the base (PM1 status is at 0)
+PM1_CNT         equ 4                   ; PM1 control
+PWRBTN          equ 1 << 8              ; power button status / enable
+SLP_S5          equ 0x2000              ; SLP_EN with SLP_TYP 0: soft off on QEMU's PIIX4
 
 ; ---------------------------------------------------------------- ELF32 header
 ehdr:
@@ -83,8 +92,11 @@ s_edx:      db " edx=", 0
 s_filled:   db "FILLED ", 0
 s_tick:     db "TICK ", 0
 s_fault:    db "FAULT ", 0
+s_poweroff: db "POWER OFF", 10, 0
 s_fill:     db "fill="
 s_fill_len  equ $ - s_fill
+s_acpi:     db "acpi"
+s_acpi_len  equ $ - s_acpi
 hexdigits:  db "0123456789abcdef"
 
 ; ---------------------------------------------------------------------- code
@@ -118,6 +130,7 @@ start:
         call put_dec
         call newline
 .no_fill:
+        call acpi_init
         call idt_init
         call pic_init
         call pit_init
@@ -127,6 +140,7 @@ start:
 
 main_loop:
         cli
+        call check_power_button
         cmp dword [pit_count], PIT_PER_TICK
         jb .no_tick
         sub dword [pit_count], PIT_PER_TICK
@@ -307,19 +321,19 @@ print_cpuid_block:
         ret
 
 ; ------------------------------------------------------- command line, fill
-; Returns EAX = N from a `fill=N` word of the multiboot command line, else 0.
-parse_fill:
-        push ebx
+; EDI = word, EBX = its length. Returns ESI = the byte after the first word of the
+; multiboot command line that starts with it, else 0.
+find_arg:
+        push eax
         push ecx
-        push esi
-        push edi
-        xor eax, eax
+        push edx
+        xor esi, esi
         cmp dword [boot_magic], MB_BOOT_MAGIC
         jne .out
-        mov ebx, [boot_info]
-        test dword [ebx], 1 << 2        ; cmdline valid
+        mov eax, [boot_info]
+        test dword [eax], 1 << 2        ; cmdline valid
         jz .out
-        mov esi, [ebx + 16]
+        mov esi, [eax + 16]
         mov dl, ' '                     ; previous character
 .scan:
         mov al, [esi]
@@ -327,17 +341,40 @@ parse_fill:
         jz .none
         cmp dl, ' '
         jne .advance
-        mov edi, s_fill
         xor ecx, ecx
 .cmp:
         mov al, [esi + ecx]
         cmp al, [edi + ecx]
         jne .advance
         inc ecx
-        cmp ecx, s_fill_len
+        cmp ecx, ebx
         jb .cmp
-        lea esi, [esi + ecx]            ; at the digits
+        add esi, ecx                    ; just after the word
+        jmp .out
+.advance:
+        mov dl, [esi]
+        inc esi
+        jmp .scan
+.none:
+        xor esi, esi
+.out:
+        pop edx
+        pop ecx
+        pop eax
+        ret
+
+; Returns EAX = N from a `fill=N` word of the multiboot command line, else 0.
+parse_fill:
+        push ebx
+        push ecx
+        push esi
+        push edi
+        mov edi, s_fill
+        mov ebx, s_fill_len
+        call find_arg
         xor eax, eax
+        test esi, esi
+        jz .out
 .digit:
         movzx ecx, byte [esi]
         sub ecx, '0'
@@ -350,17 +387,68 @@ parse_fill:
 .skip:
         inc esi
         jmp .digit
-.advance:
-        mov dl, [esi]
-        inc esi
-        jmp .scan
-.none:
-        xor eax, eax
 .out:
         pop edi
         pop esi
         pop ecx
         pop ebx
+        ret
+
+; ----------------------------------------------------------------------- ACPI
+; With `acpi` on the command line and QEMU's PIIX4 power management present (a machine
+; with ACPI), enables the power button so that check_power_button sees it pressed.
+acpi_init:
+        pushad
+        mov edi, s_acpi
+        mov ebx, s_acpi_len
+        call find_arg
+        test esi, esi
+        jz .out
+        mov dx, PCI_ADDRESS
+        mov eax, PIIX4_PM
+        out dx, eax
+        mov dx, PCI_DATA
+        in eax, dx
+        cmp eax, PIIX4_PM_ID
+        jne .out                        ; no ACPI hardware: nothing to listen to
+        mov dx, PCI_ADDRESS
+        mov eax, PIIX4_PM | PMBASE_REG
+        out dx, eax
+        mov dx, PCI_DATA
+        in eax, dx
+        and eax, 0xFFC0
+        jz .out
+        mov [pm_base], ax
+        lea edx, [eax + PM1_EN]
+        mov ax, PWRBTN
+        out dx, ax
+.out:
+        popad
+        ret
+
+; Polled at every wake-up (the SCI stays masked): when the power button was pressed, say
+; so and enter S5, which QEMU reports as a guest-initiated shutdown.
+check_power_button:
+        push eax
+        push edx
+        movzx edx, word [pm_base]
+        test edx, edx
+        jz .out
+        in ax, dx                       ; PM1 status
+        test ax, PWRBTN
+        jz .out
+        mov esi, s_poweroff
+        call puts
+        add edx, PM1_CNT
+        mov ax, SLP_S5
+        out dx, ax
+.halt:
+        cli
+        hlt
+        jmp .halt
+.out:
+        pop edx
+        pop eax
         ret
 
 ; EAX = MiB wanted; fills [2 MiB, 2 MiB + N MiB) with an xorshift32 sequence,
@@ -531,6 +619,7 @@ boot_info:  resd 1
 pit_count:  resd 1
 tick:       resd 1
 fill_mib:   resd 1
+pm_base:    resw 1
 regs:       resd 4
 reprint:    resb 1
 decbuf:     resb 15

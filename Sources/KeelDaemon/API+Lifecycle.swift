@@ -59,7 +59,10 @@ extension API {
     func managedSave(_ name: String, _ request: Request) async throws -> Response {
         let body = try await JSONBody.decode(APIModels.ManagedSaveRequest.self, from: request)
         let started = ContinuousClock.now
-        try await gated("managedsave", name, started: started) { driver in try await driver.managedSave(name: name, running: body.running) }
+        let path = driver.store.managedSavePath(name)
+        try await gated("managedsave", name, started: started, publishing: { _ in [DomainEvent(.saved, domain: name, detail: path)] }) { driver in
+            try await driver.managedSave(name: name, running: body.running)
+        }
         let bytes = Self.fileSize(driver.store.managedSavePath(name))
         metrics.recordSave(bytes: bytes, seconds: (ContinuousClock.now - started).secondsValue)
         return try JSONBody.response(APIModels.SaveResult(

@@ -10,13 +10,16 @@ import Logging
 ///
 /// Modifying jobs on a domain pass through its `DomainGate` (one at a time in this process; the
 /// driver's `DomainLock` still guards against other processes); queries read the state
-/// directory directly and run alongside. Every job logs one line and counts in the metrics.
+/// directory directly and run alongside. Every job logs one line and counts in the metrics,
+/// and a successful one publishes its lifecycle events (see `API+Events.swift`).
 struct API: Sendable {
     let holder: DriverHolder
     let gates: DomainGateRegistry
     let metrics: DaemonMetrics
     let jobTimeout: Duration
     let logger: Logger
+    let bus: EventBus
+    let watcher: DomainWatcher
 
     var driver: Driver { holder.driver }
 
@@ -42,6 +45,7 @@ struct API: Sendable {
         (.post, "/v1/domains/{name}/start"), (.post, "/v1/domains/{name}/destroy"),
         (.post, "/v1/domains/{name}/suspend"), (.post, "/v1/domains/{name}/resume"),
         (.post, "/v1/domains/{name}/save"), (.post, "/v1/restore"),
+        (.get, "/v1/events"),
     ]
 
     func register(on router: Router<Context>) {
@@ -56,16 +60,23 @@ struct API: Sendable {
         router.get("/v1/domains/{name}/xml") { request, context in try self.xml(try Self.name(context), request) }
         router.post("/v1/domains/{name}/start") { request, context in try await self.start(try Self.name(context), request) }
         router.post("/v1/domains/{name}/destroy") { request, context in
-            try await self.simpleJob("destroy", try Self.name(context), request) { driver, name in try await driver.destroy(name: name) }
+            try await self.simpleJob("destroy", try Self.name(context), request, event: (.stopped, "destroyed")) { driver, name in
+                try await driver.destroy(name: name)
+            }
         }
         router.post("/v1/domains/{name}/suspend") { request, context in
-            try await self.simpleJob("suspend", try Self.name(context), request) { driver, name in try await driver.setPaused(name: name, true) }
+            try await self.simpleJob("suspend", try Self.name(context), request, event: (.paused, "user")) { driver, name in
+                try await driver.setPaused(name: name, true)
+            }
         }
         router.post("/v1/domains/{name}/resume") { request, context in
-            try await self.simpleJob("resume", try Self.name(context), request) { driver, name in try await driver.setPaused(name: name, false) }
+            try await self.simpleJob("resume", try Self.name(context), request, event: (.resumed, "user")) { driver, name in
+                try await driver.setPaused(name: name, false)
+            }
         }
         router.post("/v1/domains/{name}/save") { request, context in try await self.save(try Self.name(context), request) }
         router.post("/v1/restore") { request, _ in try await self.restore(request) }
+        router.get("/v1/events") { request, context in try self.events(request, context) }
         registerLifecycle(on: router)
         registerHypervisorCPU(on: router)
     }
@@ -73,13 +84,26 @@ struct API: Sendable {
     // MARK: jobs
 
     /// Runs a modifying job on `name` through its gate, logging and counting it.
+    ///
+    /// - Parameters:
+    ///   - publishing: the events of the job's success, published while the gate is still
+    ///     held, so that they precede whatever the watcher reports next about the domain.
+    ///   - body: the job. Its save, restore or migration reports progress as `job-progress`.
     func gated<T: Sendable>(
-        _ job: String, _ name: String, started: ContinuousClock.Instant = .now, _ body: @escaping @Sendable (Driver) async throws -> T
+        _ job: String, _ name: String, started: ContinuousClock.Instant = .now,
+        publishing events: @escaping @Sendable (T) -> [DomainEvent] = { _ in [] },
+        _ body: @escaping @Sendable (Driver) async throws -> T
     ) async throws -> T {
         let holder = self.holder
+        let bus = self.bus
+        let observer = DomainJob.Observer { domain, job in bus.publish(.progress(domain, job)) }
         do {
             // The driver is taken once the gate is held, so a job that waited sees a reload.
-            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) { try await body(holder.driver) }
+            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) {
+                let result = try await DomainJob.$observer.withValue(observer) { try await body(holder.driver) }
+                for event in events(result) { bus.publish(event) }
+                return result
+            }
             finish(job, name, outcome: "ok", started: started)
             return result
         } catch {
@@ -98,9 +122,14 @@ struct API: Sendable {
         logger.log(level: error == nil ? .info : .warning, "job", metadata: metadata)
     }
 
-    func simpleJob(_ job: String, _ name: String, _ request: Request, _ body: @escaping @Sendable (Driver, String) async throws -> Void) async throws -> Response {
+    func simpleJob(
+        _ job: String, _ name: String, _ request: Request, event: (kind: DomainEvent.Kind, detail: String)? = nil,
+        _ body: @escaping @Sendable (Driver, String) async throws -> Void
+    ) async throws -> Response {
         _ = try await JSONBody.collect(request)
-        try await gated(job, name) { driver in try await body(driver, name) }
+        try await gated(job, name, publishing: { _ in event.map { [DomainEvent($0.kind, domain: name, detail: $0.detail)] } ?? [] }) { driver in
+            try await body(driver, name)
+        }
         return try JSONBody.response(APIModels.JobResult(name: name, job: job, state: try driver.state(of: name).0.rawValue))
     }
 
@@ -114,18 +143,31 @@ struct API: Sendable {
             throw QEMUError(.invalidArgument, error.message)
         }
         try DomainStore.validate(name: name)
-        try await gated("define", name) { driver in _ = try await driver.define(xml: body.xml) }
+        _ = try await gated("define", name, publishing: { existed in [DomainEvent(.defined, domain: name, detail: existed ? "updated" : "added")] }) { driver in
+            let existed = try driver.store.definition(name) != nil
+            try await driver.define(xml: body.xml)
+            return existed
+        }
         return try JSONBody.response(try info(name, driver: driver), status: .created)
     }
 
     func undefine(_ name: String) async throws -> Response {
-        try await gated("undefine", name) { driver in try driver.undefine(name: name) }
+        try await gated("undefine", name, publishing: { _ in [DomainEvent(.undefined, domain: name)] }) { driver in
+            try driver.undefine(name: name)
+        }
         return try JSONBody.response(APIModels.JobResult(name: name, job: "undefine", state: try driver.state(of: name).0.rawValue))
     }
 
     func start(_ name: String, _ request: Request) async throws -> Response {
         let body = try await JSONBody.decode(APIModels.StartRequest.self, from: request)
-        let status = try await gated("start", name) { driver in try await driver.start(name: name, paused: body.paused ?? false) }
+        let managedSave = driver.store.managedSavePath(name)
+        let status = try await gated("start", name, publishing: { status in
+            // A start that restored the managed-save image reports it as the restore it was.
+            status.reason == "restored" ? self.startedEvents(status, .restored, detail: managedSave, pausedDetail: "restore")
+                : self.startedEvents(status, .started, detail: "booted", pausedDetail: "start")
+        }) { driver in
+            try await driver.start(name: name, paused: body.paused ?? false)
+        }
         return try JSONBody.response(APIModels.JobResult(name: name, job: "start", state: status.state.rawValue))
     }
 
@@ -139,7 +181,7 @@ struct API: Sendable {
             return compression
         } ?? .raw
         let started = ContinuousClock.now
-        try await gated("save", name, started: started) { driver in
+        try await gated("save", name, started: started, publishing: { _ in [DomainEvent(.saved, domain: name, detail: body.file)] }) { driver in
             try await driver.save(name: name, to: body.file, running: body.running, compression: compression)
         }
         let bytes = Self.fileSize(body.file)
@@ -171,7 +213,9 @@ struct API: Sendable {
             finish("restore", body.file, outcome: APIError(error).code, started: started, error: error)
             throw error
         }
-        let status = try await gated("restore", name, started: started) { driver in
+        let status = try await gated("restore", name, started: started, publishing: { status in
+            self.startedEvents(status, .restored, detail: body.file, pausedDetail: "restore")
+        }) { driver in
             try await driver.restore(path: body.file, running: body.running, xml: body.xml)
         }
         metrics.recordRestore(bytes: Self.fileSize(body.file), seconds: (ContinuousClock.now - started).secondsValue)
@@ -254,7 +298,9 @@ struct API: Sendable {
     func metricsText() throws -> Response {
         var domains: [String: Int] = [:]
         for domain in try driver.list() { domains[domain.state.rawValue, default: 0] += 1 }
-        return JSONBody.text(metrics.render(domains: domains), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        let counts = bus.counts
+        let events = DaemonMetrics.Events(subscribers: bus.subscriberCount, published: counts.published, dropped: counts.dropped, watched: watcher.count)
+        return JSONBody.text(metrics.render(domains: domains, events: events), contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
     // MARK: helpers

@@ -16,12 +16,16 @@ public struct DaemonConfiguration: Sendable {
     public var group: String?
     /// How long a modifying job waits for the job in progress on the same domain.
     public var jobTimeout: Duration
+    /// How many events a `GET /v1/events` subscriber may fall behind before the oldest are dropped.
+    public var eventBufferLimit: Int
 
-    public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil, jobTimeout: Duration = .seconds(10)) {
+    public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil,
+                jobTimeout: Duration = .seconds(10), eventBufferLimit: Int = 1024) {
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
         self.group = group
         self.jobTimeout = jobTimeout
+        self.eventBufferLimit = eventBufferLimit
     }
 }
 
@@ -29,9 +33,10 @@ public struct DaemonConfiguration: Sendable {
 /// that shuts down gracefully on SIGTERM and SIGINT (in-flight requests finish; guests keep
 /// running) and reloads `STATE/config.xml` on SIGHUP.
 ///
-/// Nothing is probed or reconnected eagerly: the driver keeps no state across processes, so a
-/// restarted daemon finds running guests through their status files, and guests whose QEMU died
-/// meanwhile report `crashed`.
+/// The driver keeps no state across processes, so a restarted daemon finds running guests
+/// through their status files, and guests whose QEMU died meanwhile report `crashed`. The
+/// `DomainWatcher` follows each running guest's QEMU on its event monitor and publishes exits
+/// no job accounted for; `GET /v1/events` streams those and every job's events.
 public struct Daemon: Sendable {
     public let configuration: DaemonConfiguration
     public let logger: Logger
@@ -51,9 +56,9 @@ public struct Daemon: Sendable {
             logger.notice("removed a stale socket", metadata: ["socket": "\(socket.path)"])
         }
         reattach(holder.driver)
-        for recovery in await holder.driver.recoverInterruptedJobs() {
+        for recovery in await holder.driver.recoverInterruptedJobs() + holder.driver.reconcileRunStates() {
             logger.warning("recovered an interrupted job", metadata: [
-                "domain": "\(recovery.name)", "job": "\(recovery.operation.rawValue)", "action": "\(recovery.action)",
+                "domain": "\(recovery.name)", "job": "\(recovery.operation?.rawValue ?? "-")", "action": "\(recovery.action)",
             ])
         }
         await autostartOnce(holder.driver, marker: Self.autostartMarker(socketPath: configuration.socketPath))
@@ -61,7 +66,13 @@ public struct Daemon: Sendable {
         let router = Router(context: DaemonRequestContext.self)
         router.add(middleware: ErrorMiddleware(routes: API.routes))
         router.add(middleware: PeerCredentialMiddleware(socket: socket))
-        let api = API(holder: holder, gates: DomainGateRegistry(), metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger)
+        let gates = DomainGateRegistry()
+        let bus = EventBus(bufferLimit: configuration.eventBufferLimit)
+        let watcher = DomainWatcher(holder: holder, gates: gates, bus: bus, logger: logger)
+        let api = API(
+            holder: holder, gates: gates, metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger,
+            bus: bus, watcher: watcher
+        )
         api.register(on: router)
 
         // Bind with a private umask so the socket is never reachable by others before its mode
@@ -87,7 +98,9 @@ public struct Daemon: Sendable {
             logger: logger
         )
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [application, ReloadService(holder: holder, logger: logger)],
+            // Shut down in reverse: the watcher first, which ends the event streams, so that the
+            // HTTP server's drain does not wait for them.
+            services: [application, ReloadService(holder: holder, logger: logger), watcher],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

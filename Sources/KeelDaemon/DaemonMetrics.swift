@@ -8,8 +8,19 @@ import NIOConcurrencyHelpers
 /// keel_save_bytes_total / keel_save_seconds_total     counter, successful saves
 /// keel_restore_bytes_total / keel_restore_seconds_total
 /// keel_domains{state="running"} 1                     gauge, read from the state directory
+/// keel_event_subscribers 2                            gauge, open GET /v1/events streams
+/// keel_events_total / keel_events_dropped_total       counter, published; lost to slow subscribers
+/// keel_watched_processes 3                            gauge, QEMU processes followed for exits
 /// ```
 final class DaemonMetrics: Sendable {
+    /// The event bus and watcher, as of the request.
+    struct Events {
+        var subscribers: Int
+        var published: Int
+        var dropped: Int
+        var watched: Int
+    }
+
     private struct Counters {
         var jobs: [JobKey: Int] = [:]
         var jobSeconds: [String: Double] = [:]
@@ -49,7 +60,7 @@ final class DaemonMetrics: Sendable {
     }
 
     /// The exposition text, with `domains` counted by state.
-    func render(domains: [String: Int]) -> String {
+    func render(domains: [String: Int], events: Events = Events(subscribers: 0, published: 0, dropped: 0, watched: 0)) -> String {
         let counters = counters.withLockedValue { $0 }
         var out = ""
         out += "# HELP keel_jobs_total Modifying jobs run by keeld, by job and outcome (ok or the error code).\n"
@@ -79,6 +90,18 @@ final class DaemonMetrics: Sendable {
         for state in ["shutoff", "running", "paused", "crashed"] {
             out += "keel_domains{state=\"\(state)\"} \(domains[state] ?? 0)\n"
         }
+        out += "# HELP keel_event_subscribers Open event streams (GET /v1/events).\n"
+        out += "# TYPE keel_event_subscribers gauge\n"
+        out += "keel_event_subscribers \(events.subscribers)\n"
+        out += "# HELP keel_events_total Events published.\n"
+        out += "# TYPE keel_events_total counter\n"
+        out += "keel_events_total \(events.published)\n"
+        out += "# HELP keel_events_dropped_total Events dropped for subscribers that did not keep up.\n"
+        out += "# TYPE keel_events_dropped_total counter\n"
+        out += "keel_events_dropped_total \(events.dropped)\n"
+        out += "# HELP keel_watched_processes QEMU processes followed for exits.\n"
+        out += "# TYPE keel_watched_processes gauge\n"
+        out += "keel_watched_processes \(events.watched)\n"
         return out
     }
 

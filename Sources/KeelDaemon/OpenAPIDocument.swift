@@ -32,6 +32,10 @@ enum OpenAPIDocument {
     {
       "name": "daemon",
       "description": "The API description and metrics."
+    },
+    {
+      "name": "events",
+      "description": "Lifecycle events and job progress, streamed."
     }
   ],
   "paths": {
@@ -69,7 +73,7 @@ enum OpenAPIDocument {
         ],
         "summary": "Prometheus metrics",
         "operationId": "getMetrics",
-        "description": "Prometheus text format: `keel_jobs_total{job,outcome}` (counter; outcome is `ok` or the error code), `keel_job_seconds_total{job}`, `keel_save_bytes_total`, `keel_save_seconds_total`, `keel_restore_bytes_total`, `keel_restore_seconds_total` (counters) and `keel_domains{state}` (gauge).",
+        "description": "Prometheus text format: `keel_jobs_total{job,outcome}` (counter; outcome is `ok` or the error code), `keel_job_seconds_total{job}`, `keel_save_bytes_total`, `keel_save_seconds_total`, `keel_restore_bytes_total`, `keel_restore_seconds_total` (counters) `keel_domains{state}` (gauge), `keel_event_subscribers` (gauge: open event streams), `keel_events_total` and `keel_events_dropped_total` (counters: events published, and lost to subscribers that did not keep up) and `keel_watched_processes` (gauge: QEMU processes followed for exits).",
         "responses": {
           "200": {
             "description": "The metrics.",
@@ -1229,6 +1233,55 @@ enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/events": {
+      "get": {
+        "tags": [
+          "events"
+        ],
+        "summary": "Stream lifecycle events and job progress",
+        "operationId": "streamEvents",
+        "description": "A reply that stays open: `application/x-ndjson` in chunked transfer encoding, one `DomainEvent` JSON object per line, from the moment the reply's head is sent until the client disconnects or keeld shuts down (the stream then ends cleanly). Nothing is replayed: only events after the subscription are sent.\n\nEvents come from every job keeld runs, after it succeeds (define → `defined`; undefine → `undefined`; start → `started`, or `restored` when it restored the managed-save image; suspend/resume → `paused`/`resumed`; save and managedsave → `saved`; restore → `restored`; destroy → `stopped` with detail `destroyed`; a start or restore that leaves the guest paused adds `paused`), from what happens to a guest's QEMU without a job of keeld (`shutdown` with detail `guest` when the guest powered off, also in answer to a shutdown request; `stopped` with QEMU's reason — `host-qmp-quit`, `host-signal`, `host-ui` — when QEMU was told to quit by someone else; `crashed` when it died without shutting down, or on a guest panic or host error), and from long jobs: `job-progress` about every 500 ms and at every change of QEMU's migration status while a save, managed save or restore runs (detail: that status; the last one is `completed`, `failed` or `cancelled`). Jobs run by an embedded `keel` on the same state directory send no events of their own; their guests' exits are seen.\n\nSlow clients never slow keeld: each subscriber has a bounded buffer (keeld's `--event-buffer`, 1024 events by default). When it is full the oldest buffered events are dropped, and an `overflow` line (no `domain`; detail `N events dropped`) stands exactly where they were.",
+        "parameters": [
+          {
+            "name": "domain",
+            "in": "query",
+            "required": false,
+            "description": "Only this domain's events (it need not exist yet). `overflow` lines are sent to every subscriber that lost events.",
+            "schema": {
+              "type": "string"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "The stream: one `DomainEvent` per line.",
+            "content": {
+              "application/x-ndjson": {
+                "schema": {
+                  "$ref": "#/components/schemas/DomainEvent"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "503": {
+            "description": "keeld is shutting down (code `unavailable`).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
     }
   },
   "components": {
@@ -2280,6 +2333,93 @@ enum OpenAPIDocument {
               "type": "string"
             },
             "description": "Features that block migration."
+          }
+        }
+      },
+      "DomainEvent": {
+        "type": "object",
+        "required": [
+          "time",
+          "event"
+        ],
+        "properties": {
+          "time": {
+            "type": "string",
+            "format": "date-time",
+            "description": "When keeld published the event: RFC 3339, UTC, milliseconds (`2026-11-27T10:00:00.123Z`)."
+          },
+          "domain": {
+            "type": "string",
+            "description": "The domain; absent only on `overflow` lines."
+          },
+          "event": {
+            "type": "string",
+            "enum": [
+              "defined",
+              "undefined",
+              "started",
+              "paused",
+              "resumed",
+              "saved",
+              "restored",
+              "stopped",
+              "crashed",
+              "shutdown",
+              "job-progress",
+              "overflow"
+            ]
+          },
+          "detail": {
+            "type": "string",
+            "description": "Free-form, optional: `added`/`updated` (defined), `booted` (started), `user`, `start` or `restore` (paused), `user` (resumed), the image path (saved, restored), `destroyed` or QEMU's reason (stopped), `guest` (shutdown), why (crashed), QEMU's migration status (job-progress), `N events dropped` (overflow)."
+          },
+          "job": {
+            "$ref": "#/components/schemas/JobProgress"
+          }
+        }
+      },
+      "JobProgress": {
+        "type": "object",
+        "description": "Only on `job-progress`. Byte counts and throughput are 0 until QEMU reports them; a restore counts the bytes of the image's stream read so far.",
+        "required": [
+          "operation",
+          "bytesTotal",
+          "bytesProcessed",
+          "bytesRemaining",
+          "throughput",
+          "elapsedMs"
+        ],
+        "properties": {
+          "operation": {
+            "type": "string",
+            "enum": [
+              "save",
+              "restore",
+              "migration-out",
+              "migration-in"
+            ]
+          },
+          "bytesTotal": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "bytesProcessed": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "bytesRemaining": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "throughput": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Bytes per second."
+          },
+          "elapsedMs": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds since the job started."
           }
         }
       }

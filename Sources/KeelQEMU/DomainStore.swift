@@ -9,6 +9,7 @@ import KeelXML
 /// STATE/domains/NAME.xml            persistent definitions
 /// STATE/run/NAME.status.xml         status of running domains
 /// STATE/run/NAME.qmp, NAME.pid      QMP socket and pidfile
+/// STATE/run/NAME.events             QEMU's second QMP monitor, for event watchers only
 /// STATE/run/NAME.lock               job lock (flock; released when its holder exits)
 /// STATE/log/NAME.log                QEMU's output
 /// STATE/cache/capabilities/         probed QEMU capabilities
@@ -29,6 +30,7 @@ public struct DomainStore: Sendable {
     public func statusPath(_ name: String) -> String { root + "/run/\(name).status.xml" }
     public func qmpPath(_ name: String) -> String { root + "/run/\(name).qmp" }
     public func pidPath(_ name: String) -> String { root + "/run/\(name).pid" }
+    public func eventsPath(_ name: String) -> String { root + "/run/\(name).events" }
     public func lockPath(_ name: String) -> String { root + "/run/\(name).lock" }
     public func logPath(_ name: String) -> String { root + "/log/\(name).log" }
 
@@ -70,9 +72,9 @@ public struct DomainStore: Sendable {
         try POSIXFile.writeAtomically(statusPath(status.live.name), status.xmlElement.formatted())
     }
 
-    /// Removes the status, socket and pidfile of a domain that no longer runs.
+    /// Removes the status, sockets and pidfile of a domain that no longer runs.
     public func clearRuntime(_ name: String) {
-        for path in [statusPath(name), qmpPath(name), pidPath(name)] {
+        for path in [statusPath(name), qmpPath(name), eventsPath(name), pidPath(name)] {
             POSIXFile.remove(path)
         }
         POSIXFile.syncDirectory(of: statusPath(name))

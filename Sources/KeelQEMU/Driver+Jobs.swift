@@ -19,14 +19,15 @@ extension DomainStore {
 /// recorded it in `STATE/run/NAME.job`:
 ///
 /// ```
-/// <job operation='save' pid='1234' started='1764180000000' updated='1764180000250' status='active'>
+/// <job operation='save' pid='1234' started='1764180000000' updated='1764180000250' status='active' file='/srv/web.img'>
 ///   <data total='…' processed='…' remaining='…'/>      bytes; absent until QEMU reports them
 ///   <memory bandwidth='…'/>                             bytes per second
 /// </job>
 /// ```
 ///
 /// `started` and `updated` are wall-clock milliseconds since the epoch (the reader is another
-/// process, so a monotonic clock would not compare).
+/// process, so a monotonic clock would not compare). `file` is the image a save writes or a
+/// restore reads: recovery of a save whose process died looks at it.
 public struct DomainJob: Sendable, Hashable {
     public enum Operation: String, Sendable, Hashable {
         case save, restore
@@ -56,9 +57,12 @@ public struct DomainJob: Sendable, Hashable {
     public var dataRemaining: UInt64?
     /// Bytes per second.
     public var memoryBandwidth: UInt64?
+    /// The image a save writes or a restore reads.
+    public var file: String?
 
     public init(operation: Operation, pid: Int32, startedMilliseconds: Int64, updatedMilliseconds: Int64, status: String,
-                dataTotal: UInt64? = nil, dataProcessed: UInt64? = nil, dataRemaining: UInt64? = nil, memoryBandwidth: UInt64? = nil) {
+                dataTotal: UInt64? = nil, dataProcessed: UInt64? = nil, dataRemaining: UInt64? = nil, memoryBandwidth: UInt64? = nil,
+                file: String? = nil) {
         self.operation = operation
         self.pid = pid
         self.startedMilliseconds = startedMilliseconds
@@ -68,6 +72,7 @@ public struct DomainJob: Sendable, Hashable {
         self.dataProcessed = dataProcessed
         self.dataRemaining = dataRemaining
         self.memoryBandwidth = memoryBandwidth
+        self.file = file
     }
 
     /// Milliseconds since the job started, as of `now`.
@@ -81,6 +86,7 @@ public struct DomainJob: Sendable, Hashable {
             XMLAttribute("started", String(startedMilliseconds)), XMLAttribute("updated", String(updatedMilliseconds)),
             XMLAttribute("status", status),
         ])
+        root.setAttribute("file", file)
         var data = XMLElement("data")
         data.setAttribute("total", dataTotal.map { String($0) })
         data.setAttribute("processed", dataProcessed.map { String($0) })
@@ -110,6 +116,7 @@ public struct DomainJob: Sendable, Hashable {
         dataProcessed = data?.attribute("processed").flatMap(UInt64.init)
         dataRemaining = data?.attribute("remaining").flatMap(UInt64.init)
         memoryBandwidth = root.child("memory")?.attribute("bandwidth").flatMap(UInt64.init)
+        file = root.attribute("file")
     }
 
     /// The wall clock in milliseconds since the epoch.
@@ -122,6 +129,22 @@ public struct DomainJob: Sendable, Hashable {
     /// What an abort request names, so that a request meant for an earlier job never stops a
     /// later one.
     var identity: String { "\(pid) \(startedMilliseconds)" }
+
+    /// Hears the progress of jobs run by the task it is bound to (and its child tasks), in this
+    /// process: `try await DomainJob.$observer.withValue(observer) { try await driver.save(…) }`.
+    public struct Observer: Sendable {
+        /// Called with the domain's name and the job, on every change of QEMU's migration
+        /// status and about every `interval` in between.
+        public let report: @Sendable (_ domain: String, _ job: DomainJob) -> Void
+        public let interval: Duration
+
+        public init(interval: Duration = .milliseconds(500), _ report: @escaping @Sendable (_ domain: String, _ job: DomainJob) -> Void) {
+            self.report = report
+            self.interval = interval
+        }
+    }
+
+    @TaskLocal public static var observer: Observer?
 }
 
 extension Driver {
@@ -191,12 +214,14 @@ final class DomainJobRecorder {
     private var job: DomainJob
     private var lastWrite = ContinuousClock.now
     private var finished = false
+    private let observer = DomainJob.observer
+    private var lastReport: ContinuousClock.Instant?
 
-    init(store: DomainStore, name: String, operation: DomainJob.Operation) {
+    init(store: DomainStore, name: String, operation: DomainJob.Operation, file: String? = nil) {
         self.store = store
         self.name = name
         let now = DomainJob.wallClockMilliseconds()
-        job = DomainJob(operation: operation, pid: getpid(), startedMilliseconds: now, updatedMilliseconds: now, status: "setup")
+        job = DomainJob(operation: operation, pid: getpid(), startedMilliseconds: now, updatedMilliseconds: now, status: "setup", file: file)
         // A request left over from an earlier job must not stop this one.
         POSIXFile.remove(store.jobAbortPath(name))
         write()
@@ -237,6 +262,10 @@ final class DomainJobRecorder {
         }
         if job.status != previousStatus || ContinuousClock.now - lastWrite >= .milliseconds(200) {
             write()
+        }
+        if let observer, job.status != previousStatus || lastReport.map({ ContinuousClock.now - $0 >= observer.interval }) ?? true {
+            lastReport = .now
+            observer.report(name, job)
         }
         guard abortRequested else { return }
         let aborted = QEMUError(.aborted, "operation aborted: \(job.operation.rawValue) of '\(name)' cancelled by client")

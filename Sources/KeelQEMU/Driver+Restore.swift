@@ -102,7 +102,7 @@ extension Driver {
         try DomainStore.validate(name: definition.name)
         let lock = try DomainLock.acquire(store: store, name: definition.name, job: "restore")
         defer { withExtendedLifetime(lock) {} }
-        let job = DomainJobRecorder(store: store, name: definition.name, operation: .restore)
+        let job = DomainJobRecorder(store: store, name: definition.name, operation: .restore, file: path)
         defer { job.finish() }
         if let existing = try store.definition(definition.name), existing.uuid != definition.uuid {
             throw QEMUError(.alreadyExists, "domain '\(definition.name)' is already defined with uuid \(existing.uuid ?? "")")
@@ -124,7 +124,7 @@ extension Driver {
         }
         let arguments = try QEMUCommandLine.arguments(for: definition.with(cpu: startCPU), options: .init(
             cpu: cpuArgument, machine: definition.os.machine ?? "", accelerator: plan.capabilities.accelerator,
-            qmpSocket: store.qmpPath(definition.name), incoming: true
+            qmpSocket: store.qmpPath(definition.name), eventSocket: store.eventsPath(definition.name), incoming: true
         ))
         let reader: SaveImageReader
         do {

@@ -22,7 +22,7 @@ extension Driver {
         guard case (let state, let status?) = try self.state(of: name), state == .running || state == .paused else {
             throw QEMUError(.invalidState, "domain '\(name)' is not running")
         }
-        let job = DomainJobRecorder(store: store, name: name, operation: .save)
+        let job = DomainJobRecorder(store: store, name: name, operation: .save, file: path)
         defer { job.finish() }
         try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
             let runState = try await client.execute("query-status")

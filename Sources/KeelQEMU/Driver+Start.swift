@@ -29,7 +29,8 @@ extension Driver {
         }
         let cpu = try prepareCPU(definition.cpu, domainType: definition.virtType, capabilities: capabilities)
         let arguments = try QEMUCommandLine.arguments(for: definition.with(cpu: cpu), options: .init(
-            cpu: GuestCPU.commandLine(for: cpu, map: map), machine: machine, accelerator: accelerator, qmpSocket: store.qmpPath(name)
+            cpu: GuestCPU.commandLine(for: cpu, map: map), machine: machine, accelerator: accelerator, qmpSocket: store.qmpPath(name),
+            eventSocket: store.eventsPath(name)
         ))
         return try await launch(
             definition: definition.with(cpu: cpu), arguments: arguments, capabilities: capabilities,
@@ -146,6 +147,8 @@ extension Driver {
         beforeResume: ((QMP.Client) async throws -> Void)? = nil
     ) async throws -> DomainStatus {
         let name = definition.name
+        // A stale event socket would be taken for this QEMU's before QEMU binds its own.
+        POSIXFile.remove(store.eventsPath(name))
         let process = try QEMUProcess.spawn(
             binary: configuration.emulator, arguments: arguments, pidfile: store.pidPath(name),
             qmpSocket: store.qmpPath(name), log: store.logPath(name), passing: passing

@@ -13,14 +13,19 @@ public enum QEMUCommandLine {
         public var machine: String
         public var accelerator: QEMUCapabilities.Accelerator
         public var qmpSocket: String
+        /// A second QMP monitor that only ever carries QEMU's events to a watcher (keeld),
+        /// so that following a guest never occupies the monitor the driver's commands use.
+        public var eventSocket: String?
         /// Start with `-incoming defer` to receive state.
         public var incoming: Bool
 
-        public init(cpu: String?, machine: String, accelerator: QEMUCapabilities.Accelerator, qmpSocket: String, incoming: Bool = false) {
+        public init(cpu: String?, machine: String, accelerator: QEMUCapabilities.Accelerator, qmpSocket: String,
+                    eventSocket: String? = nil, incoming: Bool = false) {
             self.cpu = cpu
             self.machine = machine
             self.accelerator = accelerator
             self.qmpSocket = qmpSocket
+            self.eventSocket = eventSocket
             self.incoming = incoming
         }
     }
@@ -52,6 +57,9 @@ public enum QEMUCommandLine {
             if let cmdline = definition.os.cmdline { arguments += ["-append", cmdline] }
         }
         arguments += ["-qmp", "unix:\(escape(options.qmpSocket)),server=on,wait=off"]
+        if let eventSocket = options.eventSocket {
+            arguments += ["-qmp", "unix:\(escape(eventSocket)),server=on,wait=off"]
+        }
         let devices = definition.tree.child("devices")
         for (index, serial) in (devices?.children(named: "serial") ?? []).enumerated() {
             let id = "charserial\(index)"

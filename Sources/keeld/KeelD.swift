@@ -20,6 +20,7 @@ struct KeelD: AsyncParsableCommand {
     @Option(name: .customLong("socket"), help: "The API's Unix socket.") var socketPath = "/run/keel/keeld.sock"
     @Option(help: "A group allowed to use the API besides root (socket mode 0660).") var group: String?
     @Option(help: "Seconds a modifying job waits for the job in progress on the same domain.") var jobTimeout: Double = 10
+    @Option(help: "Events a slow GET /v1/events client may fall behind before the oldest are dropped.") var eventBuffer: Int = 1024
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
 
     func validate() throws {
@@ -27,6 +28,7 @@ struct KeelD: AsyncParsableCommand {
             throw ValidationError("--state and --socket must be absolute paths")
         }
         guard jobTimeout >= 0, jobTimeout <= 3600 else { throw ValidationError("--job-timeout must be between 0 and 3600 seconds") }
+        guard eventBuffer >= 1, eventBuffer <= 1 << 20 else { throw ValidationError("--event-buffer must be between 1 and 1048576 events") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
     }
 
@@ -40,7 +42,7 @@ struct KeelD: AsyncParsableCommand {
         let logger = Logger(label: "keeld")
         let configuration = DaemonConfiguration(
             stateDirectory: stateDirectory, socketPath: socketPath, group: group,
-            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded()))
+            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())), eventBufferLimit: eventBuffer
         )
         do {
             try await Daemon(configuration: configuration, logger: logger).run()

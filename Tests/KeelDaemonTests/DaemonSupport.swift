@@ -265,7 +265,9 @@ final class Keeld {
     func serialPath(_ name: String) -> String { directory.appendingPathComponent("\(name).serial").path }
 
     /// A tiny TCG domain running the test guest.
-    func domainXML(name: String, memoryMiB: Int = 16, cmdline: String = "") -> String {
+    /// - Parameter acpi: give the machine ACPI and have the guest power off when its power
+    ///   button is pressed (`shutdown`).
+    func domainXML(name: String, memoryMiB: Int = 16, cmdline: String = "", acpi: Bool = false) -> String {
         """
         <domain type='qemu'>
           <name>\(name)</name>
@@ -274,8 +276,8 @@ final class Keeld {
           <os>
             <type arch='x86_64' machine='pc'>hvm</type>
             <kernel>\(Self.guestPath ?? "")</kernel>
-            <cmdline>\(cmdline)</cmdline>
-          </os>
+            <cmdline>\(acpi ? "acpi " : "")\(cmdline)</cmdline>
+          </os>\(acpi ? "\n  <features><acpi/></features>" : "")
           <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>
           <devices>
             <serial type='file'>
@@ -304,7 +306,20 @@ final class Keeld {
                 kill(pid, SIGKILL)
             }
         }
+        // Also QEMUs whose pidfile is gone or was never written (a start interrupted early).
+        for pid in qemuProcesses() { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Every live QEMU process whose command line names this test's state directory.
+    func qemuProcesses() -> [Int32] {
+        let marker = Data(state.utf8)
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), let cmdline = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"),
+                  cmdline.range(of: Data("qemu-system".utf8)) != nil, cmdline.range(of: marker) != nil, isAlive(pid)
+            else { return nil }
+            return pid
+        }
     }
 
     /// Runs `body` with a fresh daemon and always tears it down.

@@ -62,5 +62,16 @@ struct CommandLineTests {
         #expect(text.contains("-chardev file,id=charserial0,path=/s.log,append=on -device isa-serial,chardev=charserial0,id=serial0"))
         #expect(text.hasSuffix("-incoming defer"))
         #expect(text.contains("-qmp unix:/run/q.qmp,server=on,wait=off"))
+        #expect(arguments.filter { $0 == "-qmp" }.count == 1, "no event monitor unless asked for")
+    }
+
+    @Test("an event socket is a second QMP monitor beside the driver's")
+    func eventMonitor() throws {
+        let definition = try DomainDefinition(xmlString: "<domain type='qemu'><name>vm</name><memory unit='MiB'>16</memory><os><type machine='pc-i440fx-7.2'>hvm</type></os></domain>")
+        let arguments = try QEMUCommandLine.arguments(for: definition, options: .init(
+            cpu: nil, machine: "pc-i440fx-7.2", accelerator: .tcg, qmpSocket: "/run/vm.qmp", eventSocket: "/run/a,b.events"
+        ))
+        let monitors = arguments.indices.filter { arguments[$0] == "-qmp" }.map { arguments[$0 + 1] }
+        #expect(monitors == ["unix:/run/vm.qmp,server=on,wait=off", "unix:/run/a,,b.events,server=on,wait=off"])
     }
 }

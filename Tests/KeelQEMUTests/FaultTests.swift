@@ -333,3 +333,120 @@ struct RecoveryTests {
         }
     }
 }
+
+/// Recovery of the windows a `kill -9` loop of keeld found: each case set up exactly.
+@Suite("recovery of half-done jobs", .serialized)
+struct HalfDoneJobRecoveryTests {
+    /// The pid of a process that has exited.
+    static func deadPID() throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        try process.run()
+        process.waitUntilExit()
+        return process.processIdentifier
+    }
+
+    static func writeJob(_ fixture: DriverFixture, _ name: String, _ operation: DomainJob.Operation, file: String?) throws {
+        let now = DomainJob.wallClockMilliseconds()
+        let job = DomainJob(operation: operation, pid: try deadPID(), startedMilliseconds: now, updatedMilliseconds: now, status: "active", file: file)
+        try job.xmlElement.formatted().write(toFile: fixture.driver.store.jobPath(name), atomically: true, encoding: .utf8)
+    }
+
+    @Test("a QEMU that no status file names (its start or restore was killed before recording it) is stopped")
+    func unrecordedQEMU() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let name = "stray"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, cpu: FaultTests.cpu))
+            let status = try await fixture.driver.start(name: name)
+            try FileManager.default.removeItem(atPath: fixture.driver.store.statusPath(name))
+            #expect(fixture.driver.qemuProcesses() == [name: [status.pid]], "found by its -pidfile argument")
+            let recoveries = await fixture.driver.recoverInterruptedJobs()
+            #expect(recoveries.map(\.name) == [name])
+            #expect(recoveries.first?.operation == nil)
+            #expect(fixture.driver.qemuProcesses().isEmpty, "the stray QEMU is gone")
+            #expect(try fixture.driver.state(of: name).0 == .shutoff)
+            try await fixture.driver.start(name: name)
+            #expect(try fixture.driver.state(of: name).0 == .running, "the domain starts again, alone")
+            #expect(fixture.driver.qemuProcesses()[name]?.count == 1)
+        }
+    }
+
+    @Test("an interrupted restore whose QEMU was not yet recorded leaves no QEMU behind")
+    func restoreBeforeStatus() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let name = "halfrestore"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, cpu: FaultTests.cpu))
+            try await fixture.driver.start(name: name)
+            try FileManager.default.removeItem(atPath: fixture.driver.store.statusPath(name))
+            try HalfDoneJobRecoveryTests.writeJob(fixture, name, .restore, file: "/nonexistent.img")
+            let recoveries = await fixture.driver.recoverInterruptedJobs()
+            #expect(recoveries.map(\.action) == ["stopped the half-restored guest"])
+            #expect(fixture.driver.qemuProcesses().isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: fixture.driver.store.jobPath(name)))
+        }
+    }
+
+    @Test("a save killed after its image was marked complete is finished: QEMU stops, the domain is shut off, the image stays")
+    func saveCommitted() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            // A complete image, as the interrupted save had written it.
+            let image = fixture.directory.appendingPathComponent("done.img").path
+            try await fixture.driver.define(xml: fixture.domainXML(name: "other", cpu: FaultTests.cpu))
+            try await fixture.driver.start(name: "other")
+            try await fixture.driver.save(name: "other", to: image)
+            let name = "committed"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, cpu: FaultTests.cpu))
+            let status = try await fixture.driver.start(name: name)
+            try HalfDoneJobRecoveryTests.writeJob(fixture, name, .save, file: image)
+            let recoveries = await fixture.driver.recoverInterruptedJobs()
+            #expect(recoveries.map(\.action) == ["the save had completed; stopped QEMU"])
+            #expect(try fixture.driver.state(of: name).0 == .shutoff)
+            #expect(!QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket).isAlive)
+            #expect(try SaveImage.read(path: image).isComplete)
+        }
+    }
+
+    @Test("a save killed before its image was complete resumes the guest and leaves the image refused as incomplete")
+    func saveNotCommitted() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let name = "uncommitted"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, cpu: FaultTests.cpu))
+            let status = try await fixture.driver.start(name: name)
+            try await fixture.driver.setPaused(name: name, true)
+            // What the save leaves: its status still says running, QEMU is stopped.
+            var recorded = status
+            recorded.state = .running
+            try fixture.driver.store.save(recorded)
+            let image = fixture.directory.appendingPathComponent("partial.img").path
+            var bytes = [UInt8](repeating: 0, count: 128)
+            bytes.replaceSubrange(0..<16, with: Array("LibvirtQemudPart".utf8))
+            try Data(bytes).write(to: URL(fileURLWithPath: image))
+            try HalfDoneJobRecoveryTests.writeJob(fixture, name, .save, file: image)
+            let recoveries = await fixture.driver.recoverInterruptedJobs()
+            #expect(recoveries.map(\.action) == ["cancelled the save and resumed the guest"])
+            #expect(try fixture.driver.state(of: name).0 == .running)
+            #expect(throws: SaveImageError.self) { try SaveImage.read(path: image) }
+        }
+    }
+
+    @Test("a recorded state that differs from QEMU's own (a start or resume killed before recording it) is corrected")
+    func runState() async throws {
+        if let reason = DriverFixture.unavailableReason { print("SKIP: \(reason)"); return }
+        try await DriverFixture.with { fixture in
+            let name = "drift"
+            try await fixture.driver.define(xml: fixture.domainXML(name: name, cpu: FaultTests.cpu))
+            var status = try await fixture.driver.start(name: name)
+            status.state = .paused
+            try fixture.driver.store.save(status)
+            #expect(try fixture.driver.state(of: name).0 == .paused)
+            let recoveries = await fixture.driver.reconcileRunStates()
+            #expect(recoveries.map(\.action) == ["recorded it running as QEMU is (it was recorded paused)"])
+            #expect(try fixture.driver.state(of: name).0 == .running)
+            #expect(await fixture.driver.reconcileRunStates().isEmpty, "nothing left to correct")
+        }
+    }
+}
