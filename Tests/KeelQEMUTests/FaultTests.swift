@@ -339,11 +339,9 @@ struct RecoveryTests {
 struct HalfDoneJobRecoveryTests {
     /// The pid of a process that has exited.
     static func deadPID() throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/true")
-        try process.run()
-        process.waitUntilExit()
-        return process.processIdentifier
+        let child = try Subprocess.spawn("/bin/true", [], captureOutput: false)
+        _ = child.finish(timeout: 30)
+        return child.pid
     }
 
     static func writeJob(_ fixture: DriverFixture, _ name: String, _ operation: DomainJob.Operation, file: String?) throws {
