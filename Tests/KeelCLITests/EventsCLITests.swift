@@ -133,16 +133,12 @@ struct EventsCLITests {
         }
     }
 
-    @Test("against a real keeld: defining and starting a domain are followed as they happen (skipped until keeld serves /v1/events)")
+    @Test("against a real keeld: defining and starting a domain are followed as they happen")
     func realDaemon() async throws {
         if let reason = KeeldProcess.guestUnavailableReason { print("SKIP: \(reason)"); return }
         try await ModeRoot.withBoth { _, client in
             let probe = try client.keel(["events", "--timeout", "0.5"])
-            if probe.stderr.contains("no such endpoint") {
-                print("SKIP: this keeld has no GET /v1/events yet")
-                return
-            }
-            #expect(probe.status == 0, "\(probe.stderr)")
+            #expect(probe.status == 0, "keeld serves GET /v1/events: \(probe.stderr)")
             let (process, stdout, stderr) = try ClientRun.spawn(
                 ["events", "--domain", "web", "--json", "--count", "2", "--timeout", "60", "--connect", client.connect], directory: client.root
             )
