@@ -13,7 +13,8 @@
 # Usage: benchmarks/daemon-load.sh BIN_DIR [TOTAL] [CONCURRENCY]
 #   BIN_DIR holds release builds of keeld, keel and keel-load
 #   (swift build -c release --product keeld --product keel --product keel-load).
-# Environment: KEEL_LOAD_DEFINED (50), KEEL_LOAD_RUNNING (20), KEEL_LOAD_DIR (/var/tmp).
+# Environment: KEEL_LOAD_DEFINED (50), KEEL_LOAD_RUNNING (20), KEEL_LOAD_DIR (/var/tmp),
+# KEEL_LOAD_PERF=FILE records a perf profile of keeld during the dominfo run.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 BIN_DIR [TOTAL] [CONCURRENCY]" >&2; exit 2; }
@@ -104,7 +105,15 @@ done
 
 echo
 echo "\$ keel-load $socket $concurrency $total dominfo.requests"
+perf_pid=""
+if [ -n "${KEEL_LOAD_PERF:-}" ]; then
+    # A profile of keeld during the dominfo run: perf report -i "$KEEL_LOAD_PERF".
+    perf record -F 999 -g -p "$keeld_pid" -o "$KEEL_LOAD_PERF" 2>/dev/null &
+    perf_pid=$!
+    sleep 1
+fi
 "$bin/keel-load" "$socket" "$concurrency" "$total" "$work/dominfo.requests" | tee "$work/dominfo.result"
+if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 echo "keeld memory, after the dominfo run: $(rss "$keeld_pid")"
 echo
 echo "\$ keel-load $socket $concurrency $total mixed.requests"

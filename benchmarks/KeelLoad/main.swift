@@ -19,7 +19,8 @@ func now() -> UInt64 {
 }
 
 func fail(_ message: String) -> Never {
-    fputs("keel-load: \(message)\n", stderr)
+    let text = Array("keel-load: \(message)\n".utf8)
+    _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     exit(2)
 }
 
