@@ -1,40 +1,17 @@
 import Glibc
 
-/// State files kept parsed in memory while the file on disk is unchanged, for a long-lived
-/// process (`keeld`) that reads the same definitions and status files on every query.
+/// State files kept parsed in memory while their text is unchanged, for a long-lived process
+/// (`keeld`) that reads the same definitions and status files on every query.
 ///
-/// An entry is identified by the file's device, inode, size and modification and change times
-/// (nanoseconds), taken with `fstat` on the descriptor the text is read from, so the identity
-/// and the parsed text always belong together. Every writer replaces state files by rename
-/// (`POSIXFile.writeAtomically`), which gives the file a new inode, so an entry is reused only
-/// while the very file it was parsed from is in place — whichever process (this one, an
-/// embedded `keel`, another `keeld`) writes the state directory. Nothing needs invalidating.
+/// Every read still reads the file (a few KiB) and compares it byte for byte with the text the
+/// kept value was parsed from; only parsing is saved, which is what costs. So whichever process
+/// (this one, an embedded `keel`, another `keeld`) rewrote the file, and however quickly, the
+/// value returned is the parse of what is on disk now. File identities (inode, times) are not
+/// trusted for this: a rename-replaced file may get the freed inode back within one tick of
+/// the coarse file clock.
 public final class ParsedFileCache: @unchecked Sendable {
-    /// What identifies one version of a file.
-    struct Identity: Equatable {
-        var device: UInt64
-        var inode: UInt64
-        var size: Int64
-        var modified: timespec
-        var changed: timespec
-
-        init(_ info: stat) {
-            device = UInt64(info.st_dev)
-            inode = UInt64(info.st_ino)
-            size = Int64(info.st_size)
-            modified = info.st_mtim
-            changed = info.st_ctim
-        }
-
-        static func == (a: Identity, b: Identity) -> Bool {
-            a.device == b.device && a.inode == b.inode && a.size == b.size
-                && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec
-                && a.changed.tv_sec == b.changed.tv_sec && a.changed.tv_nsec == b.changed.tv_nsec
-        }
-    }
-
     private struct Entry {
-        var identity: Identity
+        var text: [UInt8]
         var value: any Sendable
     }
 
@@ -73,21 +50,19 @@ public final class ParsedFileCache: @unchecked Sendable {
             throw QEMUError(.io, "cannot open \(path): \(errnoText())")
         }
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw QEMUError(.io, "cannot stat \(path): \(errnoText())") }
-        let identity = Identity(info)
+        let bytes = try POSIXFile.readAll(fd, path: path, limit: limit)
         if let cached: T = withLock({ () -> T? in
-            guard let entry = entries[path], entry.identity == identity, let value = entry.value as? T else { return nil }
+            guard let entry = entries[path], entry.text == bytes, let value = entry.value as? T else { return nil }
             hits += 1
             return value
         }) {
             return cached
         }
-        let value = try parse(String(decoding: try POSIXFile.readAll(fd, path: path, limit: limit), as: UTF8.self))
+        let value = try parse(String(decoding: bytes, as: UTF8.self))
         withLock {
             misses += 1
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[path] = Entry(identity: identity, value: value)
+            entries[path] = Entry(text: bytes, value: value)
         }
         return value
     }
