@@ -11,7 +11,7 @@ BUILD_PACKAGES := libxml2-dev pkg-config
 RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
 TEST_PACKAGES := $(RUN_PACKAGES) hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
 
-.PHONY: all build build-release build-bench demo test deps-build deps-demo deps-test bench interop clean
+.PHONY: all build build-release build-daemon build-bench demo test deps-build deps-demo deps-test bench bench-daemon interop clean
 
 all: build
 
@@ -27,16 +27,20 @@ deps-test: deps-build
 build: deps-build
 	$(SWIFT) build $(SWIFT_FLAGS)
 
-# The CLI alone: the daemon's HTTP stack is not needed to run the demo or the CPU tools.
+# The CLI alone: the CPU tools and interop.sh need no daemon.
 build-release: deps-build
 	$(SWIFT) build -c release --product keel $(SWIFT_FLAGS)
+
+# The daemon, which the demo and the load benchmark run.
+build-daemon: deps-build
+	$(SWIFT) build -c release --product keeld $(SWIFT_FLAGS)
 
 build-bench: build-release
 	$(SWIFT) build -c release --product keel-bench $(SWIFT_FLAGS)
 
-## make demo: the main job on built-in defaults.
-demo: deps-demo build-release
-	@scripts/demo.sh "$$($(SWIFT) build -c release --show-bin-path)/keel"
+## make demo: the main job on built-in defaults, through a keeld it starts and stops.
+demo: deps-demo build-release build-daemon
+	@scripts/demo.sh "$$($(SWIFT) build -c release --show-bin-path)"
 
 ## make test: every test, against real QEMU and real libvirt.
 test: deps-test
@@ -48,6 +52,11 @@ test: deps-test
 ## make bench: the benchmarks recorded in BENCHMARKS.md.
 bench: deps-test build-bench
 	@scripts/bench-cpu.sh "$$($(SWIFT) build -c release --show-bin-path)"
+
+## make bench-daemon: keeld with 50 defined and 20 running guests under 200 concurrent requests.
+bench-daemon: deps-demo build-release build-daemon
+	$(SWIFT) build -c release --product keel-load $(SWIFT_FLAGS)
+	@benchmarks/daemon-load.sh "$$($(SWIFT) build -c release --show-bin-path)"
 
 ## make interop: Keel and libvirt restore each other's save images with the guest CPU unchanged.
 interop: deps-test build-release

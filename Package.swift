@@ -70,6 +70,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(name: "keel-bench", dependencies: ["KeelCPU"], path: "benchmarks/KeelBench", swiftSettings: strict),
+        // keeld under load: a closed-loop HTTP client over its Unix socket (benchmarks/daemon-load.sh).
+        .executableTarget(name: "keel-load", path: "benchmarks/KeelLoad", swiftSettings: strict),
         // Child processes with deadlines, shared by the test suites.
         .target(name: "KeelTestSupport", path: "Tests/KeelTestSupport", swiftSettings: strict),
         .testTarget(name: "KeelXMLTests", dependencies: ["KeelXML"]),

@@ -9,6 +9,9 @@ import UnixSignals
 /// finish with the driver they started with.
 final class DriverHolder: Sendable {
     let stateDirectory: String
+    /// Parsed definitions and status files, shared by every driver of this daemon: queries
+    /// such as dominfo read them on every request.
+    let cache = ParsedFileCache()
     private let current: NIOLockedValueBox<Driver>
 
     /// Opens the state directory and reads its configuration.
@@ -16,7 +19,7 @@ final class DriverHolder: Sendable {
     /// - Throws: `QEMUError` when the directory cannot be created or the configuration is invalid.
     init(stateDirectory: String) throws {
         self.stateDirectory = stateDirectory
-        current = NIOLockedValueBox(try Driver(stateDirectory: stateDirectory))
+        current = NIOLockedValueBox(try Driver(stateDirectory: stateDirectory, cache: cache))
     }
 
     var driver: Driver { current.withLockedValue { $0 } }
@@ -25,7 +28,7 @@ final class DriverHolder: Sendable {
     ///
     /// - Throws: `QEMUError` naming the file and the problem.
     func reload() throws {
-        let driver = try Driver(stateDirectory: stateDirectory)
+        let driver = try Driver(stateDirectory: stateDirectory, cache: cache)
         current.withLockedValue { $0 = driver }
     }
 }

@@ -16,9 +16,13 @@ import KeelXML
 /// ```
 public struct DomainStore: Sendable {
     public let root: String
+    /// Parsed definitions and status files kept while their files are unchanged (`keeld`);
+    /// nil reads and parses every time (a one-shot `keel`).
+    public let cache: ParsedFileCache?
 
-    public init(root: String) throws {
+    public init(root: String, cache: ParsedFileCache? = nil) throws {
         self.root = root
+        self.cache = cache
         for directory in ["", "/domains", "/run", "/log", "/cache/capabilities"] {
             try POSIXFile.makeDirectory(root + directory)
         }
@@ -40,12 +44,15 @@ public struct DomainStore: Sendable {
     }
 
     public func definition(_ name: String) throws -> DomainDefinition? {
-        guard let text = try POSIXFile.readString(definitionPath(name)) else { return nil }
-        do {
-            return try DomainDefinition(xmlString: text)
-        } catch {
-            throw QEMUError(.invalidState, "stored definition of \(name) is corrupt: \(error)")
+        let parse = { (text: String) throws -> DomainDefinition in
+            do {
+                return try DomainDefinition(xmlString: text)
+            } catch {
+                throw QEMUError(.invalidState, "stored definition of \(name) is corrupt: \(error)")
+            }
         }
+        if let cache { return try cache.value(definitionPath(name), parse: parse) }
+        return try POSIXFile.readString(definitionPath(name)).map(parse)
     }
 
     public func save(_ definition: DomainDefinition) throws {
@@ -58,14 +65,17 @@ public struct DomainStore: Sendable {
     }
 
     public func status(_ name: String) throws -> DomainStatus? {
-        guard let text = try POSIXFile.readString(statusPath(name)) else { return nil }
-        do {
-            return try DomainStatus(xml: XMLParser.parse(text))
-        } catch let error as QEMUError {
-            throw error
-        } catch {
-            throw QEMUError(.invalidState, "status of \(name) is corrupt: \(error)")
+        let parse = { (text: String) throws -> DomainStatus in
+            do {
+                return try DomainStatus(xml: XMLParser.parse(text))
+            } catch let error as QEMUError {
+                throw error
+            } catch {
+                throw QEMUError(.invalidState, "status of \(name) is corrupt: \(error)")
+            }
         }
+        if let cache { return try cache.value(statusPath(name), parse: parse) }
+        return try POSIXFile.readString(statusPath(name)).map(parse)
     }
 
     public func save(_ status: DomainStatus) throws {

@@ -20,8 +20,9 @@ public final class Driver: Sendable {
     ///   - stateDirectory: where definitions, status files and sockets live.
     ///   - map: the CPU map; the built-in map by default.
     ///   - configuration: overrides `STATE/config.xml`.
-    public init(stateDirectory: String, map: CPUMap? = nil, configuration: HostConfiguration? = nil) throws {
-        store = try DomainStore(root: stateDirectory)
+    ///   - cache: keeps parsed state files in memory while they are unchanged (a daemon).
+    public init(stateDirectory: String, map: CPUMap? = nil, configuration: HostConfiguration? = nil, cache: ParsedFileCache? = nil) throws {
+        store = try DomainStore(root: stateDirectory, cache: cache)
         self.configuration = try configuration ?? HostConfiguration.load(path: store.configurationPath)
         do {
             self.map = try map ?? CPUMap.builtin.get()

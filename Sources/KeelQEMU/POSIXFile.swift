@@ -10,6 +10,11 @@ enum POSIXFile {
             throw QEMUError(.io, "cannot open \(path): \(errnoText())")
         }
         defer { close(fd) }
+        return try readAll(fd, path: path, limit: limit)
+    }
+
+    /// Reads an open file to its end (up to `limit` bytes).
+    static func readAll(_ fd: Int32, path: String, limit: Int = 64 << 20) throws -> [UInt8] {
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
