@@ -4,9 +4,10 @@ import KeelQEMU
 /// through it and so run alongside.
 ///
 /// A second job waits for the first up to a bounded timeout, then fails with `.busy` naming the
-/// job in progress. Waiters poll (as the driver's cross-process `DomainLock` does) instead of
-/// parking continuations, so a cancelled or timed-out waiter leaves nothing behind; the order in
-/// which waiters enter is therefore not guaranteed to be their arrival order.
+/// job in progress. Waiters enter in their order of arrival (a ticket queue), so under a burst of
+/// jobs on one domain none is overtaken again and again until its timeout. They poll (as the
+/// driver's cross-process `DomainLock` does) instead of parking continuations, so a cancelled or
+/// timed-out waiter only has to leave the queue.
 actor DomainGate {
     /// A job holding the gate.
     struct Job: Sendable {
@@ -17,6 +18,13 @@ actor DomainGate {
     let name: String
     private(set) var current: Job?
     private let pollInterval: Duration
+    /// Tickets of the waiting jobs, in order of arrival.
+    private var queue: [UInt64] = []
+    /// How many jobs have asked for the gate so far; the next one's ticket.
+    private(set) var arrivals: UInt64 = 0
+
+    /// How many jobs wait for the gate.
+    var waiting: Int { queue.count }
 
     init(name: String, pollInterval: Duration = .milliseconds(10)) {
         self.name = name
@@ -32,14 +40,28 @@ actor DomainGate {
     ///   whatever `body` throws.
     func run<T: Sendable>(_ kind: String, timeout: Duration, _ body: @Sendable () async throws -> T) async throws -> T {
         let deadline = ContinuousClock.now + timeout
-        while let held = current {
+        let ticket = arrivals
+        arrivals += 1
+        queue.append(ticket)
+        while current != nil || queue.first != ticket {
             if ContinuousClock.now >= deadline {
-                let elapsed = ContinuousClock.now - held.since
-                throw QEMUError(.busy, "domain \(name) is busy: \(held.kind) in progress for \(elapsed.secondsText) (waited \(timeout.secondsText))")
+                queue.removeAll { $0 == ticket }
+                let ahead = queue.isEmpty ? "" : ", \(queue.count) more waiting"
+                if let held = current {
+                    let elapsed = ContinuousClock.now - held.since
+                    throw QEMUError(.busy, "domain \(name) is busy: \(held.kind) in progress for \(elapsed.secondsText) (waited \(timeout.secondsText)\(ahead))")
+                }
+                throw QEMUError(.busy, "domain \(name) is busy: jobs queued before this one (waited \(timeout.secondsText)\(ahead))")
             }
             // The actor is free while this task sleeps, so the holder can leave meanwhile.
-            try await Task.sleep(for: pollInterval)
+            do {
+                try await Task.sleep(for: pollInterval)
+            } catch {
+                queue.removeAll { $0 == ticket }
+                throw error
+            }
         }
+        queue.removeFirst()
         current = Job(kind: kind, since: .now)
         defer { current = nil }
         return try await body()

@@ -38,6 +38,30 @@ struct DomainGateTests {
         try await gate.run("suspend", timeout: .milliseconds(50)) {}
     }
 
+    @Test("waiting jobs enter in their order of arrival; one that gives up leaves the queue")
+    func arrivalOrder() async throws {
+        let gate = DomainGate(name: "g", pollInterval: .milliseconds(1))
+        let order = OrderLog()
+        let holder = Task { try await gate.run("save", timeout: .seconds(5)) { try await Task.sleep(for: .milliseconds(300)) } }
+        try await Task.sleep(for: .milliseconds(30))
+        var waiters: [Task<Void, any Error>] = []
+        for index in 0..<8 {
+            // Every other waiter gives up long before the holder leaves.
+            let timeout: Duration = index % 2 == 1 ? .milliseconds(60) : .seconds(10)
+            waiters.append(Task { try await gate.run("job\(index)", timeout: timeout) { await order.append(index) } })
+            // Arrivals spaced apart, so that their order is known.
+            while await gate.arrivals < UInt64(index + 2) { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        try await holder.value
+        var refused = 0
+        for waiter in waiters {
+            do { try await waiter.value } catch let error as QEMUError where error.code == .busy { refused += 1 }
+        }
+        #expect(refused == 4, "the four impatient jobs gave up")
+        #expect(await order.entries == [0, 2, 4, 6], "the patient ones ran in their order of arrival")
+        #expect(await gate.waiting == 0)
+    }
+
     @Test("a failing job releases the gate")
     func failureReleases() async throws {
         let gate = DomainGate(name: "g")
@@ -80,5 +104,14 @@ struct DomainGateTests {
         #expect(text.contains("keel_save_bytes_total 4096\n"))
         #expect(text.contains(#"keel_domains{state="running"} 2"# + "\n"))
         #expect(text.contains(#"keel_domains{state="crashed"} 0"# + "\n"))
+    }
+}
+
+/// The order in which jobs ran.
+actor OrderLog {
+    private(set) var entries: [Int] = []
+
+    func append(_ entry: Int) {
+        entries.append(entry)
     }
 }
