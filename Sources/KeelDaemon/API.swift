@@ -17,6 +17,8 @@ struct API: Sendable {
     let metrics: DaemonMetrics
     let jobTimeout: Duration
     let logger: Logger
+    /// Live migration; nil in tests that build an API without it.
+    var migration: MigrationService? = nil
 
     var driver: Driver { holder.driver }
 
@@ -31,7 +33,7 @@ struct API: Sendable {
 
     /// Every endpoint the daemon registers, as `docs/api/openapi.json` must describe them.
     static var allEndpoints: [(HTTPRequest.Method, String)] {
-        endpoints + lifecycleEndpoints + hypervisorCPUEndpoints
+        endpoints + lifecycleEndpoints + hypervisorCPUEndpoints + migrationEndpoints
     }
 
     static let endpoints: [(HTTPRequest.Method, String)] = [
@@ -68,6 +70,7 @@ struct API: Sendable {
         router.post("/v1/restore") { request, _ in try await self.restore(request) }
         registerLifecycle(on: router)
         registerHypervisorCPU(on: router)
+        registerMigration(on: router)
     }
 
     // MARK: jobs

@@ -1,5 +1,6 @@
 import Glibc
 import Hummingbird
+import KeelMigration
 import KeelQEMU
 import Logging
 import NIOConcurrencyHelpers
@@ -16,12 +17,25 @@ public struct DaemonConfiguration: Sendable {
     public var group: String?
     /// How long a modifying job waits for the job in progress on the same domain.
     public var jobTimeout: Duration
+    /// Where to listen for peer `keeld`s (`tls://ADDR:PORT`, or `tcp://ADDR:PORT` when insecure).
+    public var listen: String?
+    /// The directory holding `ca.pem`, `cert.pem` and `key.pem` for the peer channel.
+    public var tlsDirectory: String?
+    /// Allows a plaintext `tcp://` listener.
+    public var insecure: Bool
+    /// The migration protocol versions spoken (a test narrows them to the previous one).
+    public var migrationVersions: [Int]
 
-    public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil, jobTimeout: Duration = .seconds(10)) {
+    public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil, jobTimeout: Duration = .seconds(10),
+                listen: String? = nil, tlsDirectory: String? = nil, insecure: Bool = false, migrationVersions: [Int] = [2, 1]) {
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
         self.group = group
         self.jobTimeout = jobTimeout
+        self.listen = listen
+        self.tlsDirectory = tlsDirectory
+        self.insecure = insecure
+        self.migrationVersions = migrationVersions
     }
 }
 
@@ -61,7 +75,23 @@ public struct Daemon: Sendable {
         let router = Router(context: DaemonRequestContext.self)
         router.add(middleware: ErrorMiddleware(routes: API.routes))
         router.add(middleware: PeerCredentialMiddleware(socket: socket))
-        let api = API(holder: holder, gates: DomainGateRegistry(), metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger)
+        let endpoint = try configuration.listen.map { try PeerEndpoint(parsing: $0) }
+        if endpoint?.scheme == .tcp && !configuration.insecure {
+            throw QEMUError(.invalidArgument, "--listen tcp://… is plaintext: add --insecure to accept that, or use tls:// with --tls-dir")
+        }
+        if endpoint?.scheme == .tls && configuration.tlsDirectory == nil {
+            throw QEMUError(.invalidArgument, "--listen tls://… needs --tls-dir DIR (ca.pem, cert.pem, key.pem)")
+        }
+        let tls = try configuration.tlsDirectory.map { try PeerTLS(directory: $0) }
+        let versions = configuration.migrationVersions.map { MigrationProtocolVersion(rawValue: $0) }
+        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger)
+        for name in (try? holder.driver.list().map(\.name)) ?? [] {
+            if let (role, phase) = migration.interruptedPhase(name) {
+                logger.warning("an interrupted migration", metadata: ["domain": "\(name)", "role": "\(role)", "phase": "\(phase)"])
+            }
+        }
+        var api = API(holder: holder, gates: DomainGateRegistry(), metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger)
+        api.migration = migration
         api.register(on: router)
 
         // Bind with a private umask so the socket is never reachable by others before its mode
@@ -86,8 +116,12 @@ public struct Daemon: Sendable {
             },
             logger: logger
         )
+        var services: [any Service] = [application, ReloadService(holder: holder, logger: logger)]
+        if let endpoint {
+            services.append(PeerListenerService(service: migration, endpoint: endpoint))
+        }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [application, ReloadService(holder: holder, logger: logger)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

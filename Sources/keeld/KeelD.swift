@@ -21,6 +21,10 @@ struct KeelD: AsyncParsableCommand {
     @Option(help: "A group allowed to use the API besides root (socket mode 0660).") var group: String?
     @Option(help: "Seconds a modifying job waits for the job in progress on the same domain.") var jobTimeout: Double = 10
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "Listen for peer keelds (migration): tls://ADDR:PORT, or tcp://ADDR:PORT with --insecure.") var listen: String?
+    @Option(help: "The peer channel's TLS identity: a directory with ca.pem, cert.pem and key.pem.") var tlsDir: String?
+    @Flag(help: "Accept a plaintext tcp:// peer listener.") var insecure = false
+    @Option(help: .hidden) var migrationProtocol: Int?
 
     func validate() throws {
         guard stateDirectory.hasPrefix("/"), socketPath.hasPrefix("/") else {
@@ -40,7 +44,9 @@ struct KeelD: AsyncParsableCommand {
         let logger = Logger(label: "keeld")
         let configuration = DaemonConfiguration(
             stateDirectory: stateDirectory, socketPath: socketPath, group: group,
-            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded()))
+            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())),
+            listen: listen, tlsDirectory: tlsDir, insecure: insecure,
+            migrationVersions: migrationProtocol.map { [$0] } ?? [2, 1]
         )
         do {
             try await Daemon(configuration: configuration, logger: logger).run()

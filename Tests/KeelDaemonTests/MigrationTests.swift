@@ -1,0 +1,298 @@
+import Foundation
+import KeelTestSupport
+import Testing
+
+/// Live migration between two real `keeld`s on loopback, each with its own state directory,
+/// socket and peer listener (mutual TLS with certificates made by `scripts/keel-pki.sh`), moving
+/// a tiny TCG test guest. What the guest sees is read from its serial output.
+@Suite("keeld: live migration between two hosts", .serialized)
+struct MigrationTests {
+    /// Two hosts with certificates from one CA, listening on free loopback ports.
+    final class Pair {
+        let pki: URL
+        let source: Keeld
+        let destination: Keeld
+        let sourcePort: Int
+        let destinationPort: Int
+
+        init(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil, destinationConfig: String? = nil) throws {
+            pki = FileManager.default.temporaryDirectory.appendingPathComponent("keel-pki-\(UUID().uuidString.prefix(8))")
+            try Self.pki(pki.path, hosts: ["a", "b"])
+            sourcePort = try freePort()
+            destinationPort = try freePort()
+            var destinationDirectory = pki.appendingPathComponent("b").path
+            if let destinationCA {
+                // Another fleet: its own CA and certificate.
+                let other = pki.appendingPathComponent(destinationCA)
+                try Self.pki(other.path, hosts: ["b"])
+                destinationDirectory = other.appendingPathComponent("b").path
+            }
+            source = try Keeld(arguments: ["--tls-dir", pki.appendingPathComponent("a").path, "--listen", "tls://127.0.0.1:\(sourcePort)"] + sourceArguments)
+            destination = try Keeld(arguments: ["--tls-dir", destinationDirectory, "--listen", "tls://127.0.0.1:\(destinationPort)"] + destinationArguments)
+            if let destinationConfig {
+                try FileManager.default.createDirectory(atPath: destination.state, withIntermediateDirectories: true)
+                try destinationConfig.write(toFile: destination.state + "/config.xml", atomically: true, encoding: .utf8)
+            }
+            try source.start()
+            try destination.start()
+        }
+
+        var destinationURI: String { "tls://127.0.0.1:\(destinationPort)" }
+
+        static func pki(_ directory: String, hosts: [String]) throws {
+            let script = Keeld.repository.appendingPathComponent("scripts/keel-pki.sh").path
+            let made = try Subprocess.run("/bin/sh", [script, "init", directory], timeout: 60)
+            guard made.status == 0 else { throw UnixHTTP.Failure(description: "keel-pki init: \(made.output)") }
+            for host in hosts {
+                let issued = try Subprocess.run("/bin/sh", [script, "host", directory, host, "127.0.0.1", "localhost"], timeout: 60)
+                guard issued.status == 0 else { throw UnixHTTP.Failure(description: "keel-pki host: \(issued.output)") }
+            }
+        }
+
+        func tearDown() {
+            source.tearDown()
+            destination.tearDown()
+            try? FileManager.default.removeItem(at: pki)
+        }
+
+        static func with(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil,
+                         destinationConfig: String? = nil, _ body: (Pair) async throws -> Void) async throws {
+            let pair = try Pair(sourceArguments: sourceArguments, destinationArguments: destinationArguments,
+                                destinationCA: destinationCA, destinationConfig: destinationConfig)
+            defer { pair.tearDown() }
+            try await body(pair)
+        }
+
+        /// Defines and starts `name` on the source; returns the CPUID block the guest printed.
+        func startGuest(_ name: String, memoryMiB: Int = 32, cmdline: String = "") async throws -> [String] {
+            let defined = try source.post("/v1/domains", ["xml": source.domainXML(name: name, memoryMiB: memoryMiB, cmdline: cmdline)])
+            guard defined.status == 201 else { throw UnixHTTP.Failure(description: "define: \(defined.text)") }
+            let started = try source.post("/v1/domains/\(name)/start")
+            guard started.status == 200 else { throw UnixHTTP.Failure(description: "start: \(started.text)") }
+            return try await cpuidBlock(name, after: 0)
+        }
+
+        /// The first complete CPUID block the guest printed after `offset` bytes of its serial file.
+        func cpuidBlock(_ name: String, after offset: Int, timeout: TimeInterval = 60) async throws -> [String] {
+            try await eventually(timeout: timeout, interval: .milliseconds(200)) { () -> [String]? in
+                let lines = serial(name, after: offset)
+                guard let start = lines.firstIndex(where: { $0.hasPrefix("CPUID 00000000") }), lines.count >= start + 5,
+                      lines[start..<(start + 5)].allSatisfy({ $0.hasPrefix("CPUID ") }) else { return nil }
+                return Array(lines[start..<(start + 5)])
+            }
+        }
+
+        func serial(_ name: String, after offset: Int = 0) -> [String] {
+            guard let data = FileManager.default.contents(atPath: source.serialPath(name)), data.count > offset else { return [] }
+            return String(decoding: data[offset...], as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+
+        func serialSize(_ name: String) -> Int {
+            (try? FileManager.default.attributesOfItem(atPath: source.serialPath(name))[.size] as? Int) ?? 0
+        }
+
+        /// The highest TICK the guest printed after `offset`.
+        func lastTick(_ name: String, after offset: Int = 0) -> Int? {
+            serial(name, after: offset).compactMap { $0.hasPrefix("TICK ") ? Int($0.dropFirst(5)) : nil }.max()
+        }
+
+        /// Waits until the guest printed a TICK beyond `tick` after `offset` (it runs).
+        func waitForTick(_ name: String, beyond tick: Int, after offset: Int, timeout: TimeInterval = 30) async throws -> Int {
+            try await eventually(timeout: timeout, interval: .milliseconds(200)) { () -> Int? in
+                lastTick(name, after: offset).flatMap { $0 > tick ? $0 : nil }
+            }
+        }
+
+        /// The state each host reports for `name` (`absent` for a 404).
+        func states(_ name: String) throws -> (source: String, destination: String) {
+            func state(_ keeld: Keeld) throws -> String {
+                let info = try keeld.get("/v1/domains/\(name)")
+                return info.status == 404 ? "absent" : (info.json["state"] as? String ?? "?")
+            }
+            return (try state(source), try state(destination))
+        }
+
+        func pid(_ keeld: Keeld, _ name: String) -> Int32? {
+            (try? String(contentsOfFile: keeld.state + "/run/\(name).pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+    }
+
+    @Test("a running TCG guest moves over mutual TLS: the same CPUID, its TICKs go on there, the source stopped, the definitions agree")
+    func migrates() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            let before = try await pair.startGuest("mig")
+            let uuid = try #require(pair.source.get("/v1/domains/mig").json["uuid"] as? String)
+            let sourcePid = try #require(pair.pid(pair.source, "mig"))
+            let tick = try await pair.waitForTick("mig", beyond: 1, after: 0)
+
+            let migrated = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "persistent": true, "undefineSource": true])
+            #expect(migrated.status == 200, "\(migrated.text)\n\(pair.source.log())\n\(pair.destination.log())")
+            #expect(migrated.json["runningOnDestination"] as? Bool == true)
+            #expect(migrated.json["protocol"] as? Int == 2)
+            #expect((migrated.json["warnings"] as? [Any])?.isEmpty == true)
+            let offset = pair.serialSize("mig")
+
+            let states = try pair.states("mig")
+            #expect(states.source == "absent", "undefined on the source")
+            #expect(states.destination == "running")
+            #expect(!isAlive(sourcePid), "the source QEMU is stopped")
+            let info = try pair.destination.get("/v1/domains/mig")
+            #expect(info.json["uuid"] as? String == uuid)
+            #expect(info.json["persistent"] as? Bool == true)
+            #expect(info.json["reason"] as? String == "migrated")
+            let inactive = try pair.destination.get("/v1/domains/mig/xml?inactive=true")
+            #expect((inactive.json["xml"] as? String)?.contains(uuid) == true, "the destination's definition is the guest's")
+
+            // What the guest sees: the same CPUID words, time going on, no reboot.
+            let after = try await pair.cpuidBlock("mig", after: offset)
+            #expect(after == before)
+            _ = try await pair.waitForTick("mig", beyond: tick, after: offset)
+            #expect(!pair.serial("mig", after: offset).contains { $0.hasPrefix("KEEL-GUEST") }, "the guest did not boot again")
+            #expect(pair.source.log().contains("job=migrate outcome=ok"))
+        }
+    }
+
+    @Test("a destination whose CPU ceiling lacks cx16 refuses before any QEMU starts, naming the feature and its CPUID bit; the guest runs on")
+    func ceilingRefuses() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with(destinationConfig: DaemonTests.ceilingConfiguration) { pair in
+            _ = try await pair.startGuest("mig")
+            let refused = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
+            #expect(refused.status == 422, "\(refused.text)")
+            #expect(refused.errorCode == "incompatible-cpu")
+            #expect(refused.errorMessage.contains("cx16"), "\(refused.errorMessage)")
+            let features = (refused.json["error"] as? [String: Any])?["features"] as? [[String: Any]] ?? []
+            #expect(features.compactMap { $0["name"] as? String } == ["cx16"])
+            let bits = features.first?["bits"] as? [[String: Any]] ?? []
+            #expect(bits.first?["leaf"] as? Int == 1)
+            #expect(bits.first?["register"] as? String == "ecx")
+            #expect(bits.first?["bit"] as? Int == 13)
+
+            let states = try pair.states("mig")
+            #expect(states.source == "running")
+            #expect(states.destination == "absent")
+            #expect(!FileManager.default.fileExists(atPath: pair.destination.state + "/log/mig.log"), "no QEMU was started on the destination")
+            let offset = pair.serialSize("mig")
+            _ = try await pair.waitForTick("mig", beyond: 0, after: offset)
+        }
+    }
+
+    @Test("a destination with a certificate from another CA is refused at the TLS handshake; the guest is untouched")
+    func wrongCARefused() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with(destinationCA: "other") { pair in
+            _ = try await pair.startGuest("mig")
+            let refused = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
+            #expect(refused.status >= 400, "\(refused.text)")
+            #expect(refused.errorMessage.contains("TLS"), "\(refused.errorMessage)")
+            let states = try pair.states("mig")
+            #expect(states.source == "running")
+            #expect(states.destination == "absent")
+            let offset = pair.serialSize("mig")
+            _ = try await pair.waitForTick("mig", beyond: 0, after: offset)
+        }
+    }
+
+    @Test("a destination speaking only protocol 1: the source warns that the CPU cannot be verified, the guest moves with the original CPU")
+    func olderPeer() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with(destinationArguments: ["--migration-protocol", "1"]) { pair in
+            let before = try await pair.startGuest("mig")
+            let migrated = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
+            #expect(migrated.status == 200, "\(migrated.text)\n\(pair.destination.log())")
+            #expect(migrated.json["protocol"] as? Int == 1)
+            let warnings = (migrated.json["warnings"] as? [String]) ?? []
+            #expect(warnings.contains { $0.contains("cannot be verified") }, "\(warnings)")
+            #expect(pair.source.log().contains("cannot be verified"))
+            let offset = pair.serialSize("mig")
+            let states = try pair.states("mig")
+            #expect(states.source == "shutoff", "still defined on the source (no --undefinesource), not running")
+            #expect(states.destination == "running")
+            #expect(try pair.destination.get("/v1/domains/mig").json["persistent"] as? Bool == false, "transient on the destination")
+            // QEMU adds nothing to qemu64 under TCG that the original CPU lacks, so even the
+            // unverified start gives the guest the same words.
+            #expect(try await pair.cpuidBlock("mig", after: offset) == before)
+        }
+    }
+
+    /// Faults during the transfer of a 256 MiB guest (filled with incompressible data) capped at
+    /// 16 MiB/s, so that the stream lasts long enough to be interrupted.
+    enum Fault: String, CaseIterable, Sendable {
+        case destinationKeeld, destinationQEMU, sourceKeeld
+    }
+
+    @Test("a fault during the transfer leaves exactly one running guest, on the source, and the definitions agree", arguments: Fault.allCases)
+    func faultDuringTransfer(_ fault: Fault) async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
+            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
+                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
+            }
+            let sourcePid = try #require(pair.pid(pair.source, "mig"))
+            let socket = pair.source.socket
+            let uri = pair.destinationURI
+            let request = Task {
+                try await Keeld.background(socket: socket, "POST", "/v1/domains/mig/migrate", ["destination": uri, "bandwidth": 16])
+            }
+            // The stream runs once the source's job reports bytes moving.
+            _ = try await eventually(timeout: 60, interval: .milliseconds(100)) { () -> Bool? in
+                let job = try pair.source.get("/v1/domains/mig/job").json["job"] as? [String: Any]
+                return (job?["dataProcessed"] as? Int ?? 0) > 8 << 20 ? true : nil
+            }
+            let destinationPid = try #require(pair.pid(pair.destination, "mig"), "the destination QEMU runs")
+            switch fault {
+            case .destinationKeeld:
+                pair.destination.stop(SIGKILL)
+            case .destinationQEMU:
+                kill(destinationPid, SIGKILL)
+            case .sourceKeeld:
+                pair.source.stop(SIGKILL)
+            }
+            let answer = try? await request.value
+            if fault != .sourceKeeld {
+                #expect(answer.map { $0.status >= 400 } == true, "\(answer?.text ?? "no answer")")
+            }
+            // The side that was killed comes back; recovery settles what it left.
+            if fault == .sourceKeeld { try pair.source.start() }
+            if fault == .destinationKeeld { try pair.destination.start() }
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                (try? pair.states("mig")).map { $0.source == "running" && $0.destination == "absent" ? true : nil } ?? nil
+            }
+            #expect(isAlive(sourcePid), "the guest's QEMU on the source is the one that ran before")
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                isAlive(destinationPid) ? nil : true
+            }
+            let offset = pair.serialSize("mig")
+            let tick = pair.lastTick("mig") ?? 0
+            _ = try await pair.waitForTick("mig", beyond: tick, after: offset)
+            #expect(try pair.destination.get("/v1/domains/mig").status == 404, "no definition was left on the destination")
+            #expect(try pair.source.get("/v1/domains/mig").json["persistent"] as? Bool == true)
+        }
+    }
+
+    @Test("the peer listener refuses plaintext without --insecure")
+    func plaintextNeedsInsecure() async throws {
+        let keeld = try Keeld(arguments: ["--listen", "tcp://127.0.0.1:\(try freePort())"])
+        defer { keeld.tearDown() }
+        #expect(throws: (any Error).self) { try keeld.start() }
+        #expect(keeld.log().contains("--insecure"))
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw UnixHTTP.Failure(description: "socket: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard bound == 0 else { throw UnixHTTP.Failure(description: "bind: \(String(cString: strerror(errno)))") }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
