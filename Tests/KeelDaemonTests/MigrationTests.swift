@@ -150,6 +150,76 @@ struct MigrationTests {
             _ = try await pair.waitForTick("mig", beyond: tick, after: offset)
             #expect(!pair.serial("mig", after: offset).contains { $0.hasPrefix("KEEL-GUEST") }, "the guest did not boot again")
             #expect(pair.source.log().contains("job=migrate outcome=ok"))
+
+            // And back again, with the keel CLI through the destination's keeld.
+            let back = try Subprocess.run(Self.keel, ["--connect", "unix:" + pair.destination.socket, "migrate", "mig",
+                                                      "tls://127.0.0.1:\(pair.sourcePort)", "--persistent", "--undefinesource", "--json"], timeout: 120)
+            #expect(back.status == 0, "\(back.output)\n\(pair.destination.log())")
+            #expect(back.stdout.contains(#""runningOnDestination": true"#), "\(back.stdout)")
+            let backOffset = pair.serialSize("mig")
+            let home = try pair.states("mig")
+            #expect(home.source == "running")
+            #expect(home.destination == "absent")
+            #expect(try pair.source.get("/v1/domains/mig").json["uuid"] as? String == uuid)
+            #expect(try await pair.cpuidBlock("mig", after: backOffset) == before, "there and back again, the guest sees the same CPU")
+        }
+    }
+
+    /// The `keel` binary beside `keeld`.
+    static let keel = URL(fileURLWithPath: Keeld.binary).deletingLastPathComponent().appendingPathComponent("keel").path
+
+    @Test("a dry run asks the destination for its verdict and starts nothing; keel migrate refuses in embedded mode")
+    func dryRunAndEmbedded() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            _ = try await pair.startGuest("mig")
+            let verdict = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "dryRun": true])
+            #expect(verdict.status == 200, "\(verdict.text)")
+            #expect(verdict.json["restorable"] as? Bool == true)
+            #expect(verdict.json["dryRun"] as? Bool == true)
+            let states = try pair.states("mig")
+            #expect(states.source == "running")
+            #expect(states.destination == "absent")
+            #expect(!FileManager.default.fileExists(atPath: pair.destination.state + "/log/mig.log"), "no QEMU was started on the destination")
+
+            let embedded = try Subprocess.run(Self.keel, ["--connect", "embed:" + pair.source.state, "migrate", "mig", pair.destinationURI], timeout: 60)
+            #expect(embedded.status == 1)
+            #expect(embedded.stderr.contains("migration runs in keeld"), "\(embedded.stderr)")
+        }
+    }
+
+    @Test("domjobabort during the transfer cancels it in QEMU: the guest runs on in the source, the destination holds nothing")
+    func abortDuringTransfer() async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
+            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
+                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
+            }
+            let socket = pair.source.socket
+            let uri = pair.destinationURI
+            let request = Task {
+                try await Keeld.background(socket: socket, "POST", "/v1/domains/mig/migrate", ["destination": uri, "bandwidth": 16])
+            }
+            let job = try await eventually(timeout: 60, interval: .milliseconds(100)) { () -> [String: Any]? in
+                let job = try pair.source.get("/v1/domains/mig/job").json["job"] as? [String: Any]
+                return (job?["dataProcessed"] as? Int ?? 0) > 8 << 20 ? job : nil
+            }
+            #expect(job["operation"] as? String == "migration-out")
+            let destinationPid = try #require(pair.pid(pair.destination, "mig"))
+            let incoming = try pair.destination.get("/v1/domains/mig/job").json["job"] as? [String: Any]
+            #expect(incoming?["operation"] as? String == "migration-in")
+            let aborted = try pair.source.post("/v1/domains/mig/job/abort")
+            #expect(aborted.status == 200, "\(aborted.text)")
+            let answer = try await request.value
+            #expect(answer.status >= 400)
+            #expect(answer.errorCode == "aborted", "\(answer.text)")
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                (try? pair.states("mig")).map { $0.source == "running" && $0.destination == "absent" ? true : nil } ?? nil
+            }
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in isAlive(destinationPid) ? nil : true }
+            let offset = pair.serialSize("mig")
+            _ = try await pair.waitForTick("mig", beyond: pair.lastTick("mig") ?? 0, after: offset)
         }
     }
 
