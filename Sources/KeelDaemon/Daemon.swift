@@ -85,11 +85,7 @@ public struct Daemon: Sendable {
         let tls = try configuration.tlsDirectory.map { try PeerTLS(directory: $0) }
         let versions = configuration.migrationVersions.map { MigrationProtocolVersion(rawValue: $0) }
         let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger)
-        for name in (try? holder.driver.list().map(\.name)) ?? [] {
-            if let (role, phase) = migration.interruptedPhase(name) {
-                logger.warning("an interrupted migration", metadata: ["domain": "\(name)", "role": "\(role)", "phase": "\(phase)"])
-            }
-        }
+        await migration.resolveInterrupted()
         var api = API(holder: holder, gates: DomainGateRegistry(), metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger)
         api.migration = migration
         api.register(on: router)

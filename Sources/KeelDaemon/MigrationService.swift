@@ -96,7 +96,8 @@ final class MigrationService: Sendable {
                 var actions = machine.handle(.start)
                 machineLoop: while true {
                     self.persist(name: name, role: "source", phase: machine.phase.rawValue, version: machine.version, uri: machine.streamURI,
-                                 peer: request.destination.description)
+                                 peer: request.destination.description, uuid: domain.migratable.uuid, running: domain.running,
+                                 undefine: request.undefineSource)
                     for action in actions {
                         switch action {
                         case .send(let message):
@@ -193,8 +194,8 @@ final class MigrationService: Sendable {
 
     /// Asks the destination what it holds of `domain` on a new channel, retrying for a while.
     private static func query(_ destination: PeerEndpoint, tls: PeerTLS?, version: MigrationProtocolVersion,
-                              domain: MigrationMessage.DomainIdentity, logger: Logger) async -> MigrationMessage? {
-        for attempt in 0..<60 {
+                              domain: MigrationMessage.DomainIdentity, logger: Logger, attempts: Int = 60) async -> MigrationMessage? {
+        for attempt in 0..<attempts {
             if attempt > 0 { try? await Task.sleep(for: .seconds(1)) }
             do {
                 let connection = try await PeerChannel.connect(to: destination, tls: tls)
@@ -341,6 +342,9 @@ final class MigrationService: Sendable {
                             case .commitDefinition(let definition, let persistent):
                                 do {
                                     try driver.commitIncoming(name: definition.name, definition: definition, persistent: persistent)
+                                    // The guest is this host's now: a restarted keeld must not
+                                    // stop it as an interrupted incoming job.
+                                    job?.finish()
                                     continuation.yield(.event(.definitionCommitted))
                                 } catch {
                                     continuation.yield(.event(.operationFailed(Self.migrationError(error))))
@@ -436,18 +440,25 @@ final class MigrationService: Sendable {
         return MigrationError(.operationFailed, "\(error)")
     }
 
-    private struct Record: Codable {
+    struct Record: Codable {
         var role: String
         var phase: String
         var version: Int?
         var uri: String?
+        /// The source: the destination's address; the destination: the source's host name.
         var peer: String
         var pid: Int32
+        var uuid: String?
+        /// Whether the guest ran when the migration began (the source resumes only then).
+        var running: Bool?
+        var undefine: Bool?
     }
 
     /// Persists the machine's phase before its actions are performed.
-    private func persist(name: String, role: String, phase: String, version: MigrationProtocolVersion?, uri: String?, peer: String) {
-        let record = Record(role: role, phase: phase, version: version?.rawValue, uri: uri, peer: peer, pid: getpid())
+    private func persist(name: String, role: String, phase: String, version: MigrationProtocolVersion?, uri: String?, peer: String,
+                         uuid: String? = nil, running: Bool? = nil, undefine: Bool? = nil) {
+        let record = Record(role: role, phase: phase, version: version?.rawValue, uri: uri, peer: peer, pid: getpid(),
+                            uuid: uuid, running: running, undefine: undefine)
         guard let data = try? JSONEncoder().encode(record) else { return }
         let path = recordPath(name)
         let temporary = path + ".tmp"
@@ -464,12 +475,83 @@ final class MigrationService: Sendable {
 
     private func removeRecord(_ name: String) { unlink(recordPath(name)) }
 
-    /// The phase of an interrupted migration of `name` recorded by another (dead) process.
-    func interruptedPhase(_ name: String) -> (role: String, phase: String)? {
+    /// The record of an interrupted migration of `name` left by another (dead) process.
+    func interruptedRecord(_ name: String) -> Record? {
         guard let bytes = try? readAll(recordPath(name)), let record = try? JSONDecoder().decode(Record.self, from: Data(bytes)),
               record.pid != getpid(), kill(record.pid, 0) != 0
         else { return nil }
-        return (record.role, record.phase)
+        return record
+    }
+
+    /// Settles migrations a previous `keeld` left behind (after the driver's job recovery,
+    /// which cancelled streams that had not completed and stopped uncommitted incoming QEMUs).
+    ///
+    /// A source that had sent `finish` (phases `finishing`, `outcomeUnknown`) does not know who
+    /// holds the guest: it keeps the guest paused and asks the destination — `running` or
+    /// `paused` there: stop here and mark migrated; `absent`: resume here; no answer: leave it
+    /// paused and say so. Never a blind resume.
+    func resolveInterrupted() async {
+        let driver = self.driver
+        for file in (try? Self.list(holder.stateDirectory + "/run")) ?? [] where file.hasSuffix(".migration.json") {
+            let name = String(file.dropLast(".migration.json".count))
+            guard let record = interruptedRecord(name) else { continue }
+            defer { removeRecord(name) }
+            guard record.role == "source", record.phase == "finishing" || record.phase == "outcomeUnknown" else {
+                logger.notice("an interrupted migration was settled by job recovery", metadata: [
+                    "domain": "\(name)", "role": "\(record.role)", "phase": "\(record.phase)",
+                ])
+                continue
+            }
+            guard driver.migrationPresence(name: name) != .absent else {
+                logger.warning("an interrupted migration: the source QEMU is gone", metadata: ["domain": "\(name)"])
+                continue
+            }
+            logger.warning("an interrupted migration: the guest stays paused until the destination says who holds it", metadata: [
+                "domain": "\(name)", "phase": "\(record.phase)", "destination": "\(record.peer)",
+            ])
+            var answer: MigrationMessage.DomainPresence?
+            if let destination = try? PeerEndpoint(parsing: record.peer) {
+                let identity = MigrationMessage.DomainIdentity(name: name, uuid: record.uuid ?? "")
+                let version = record.version.map { MigrationProtocolVersion(rawValue: $0) } ?? .current
+                for _ in 0..<10 {
+                    guard let reply = await Self.query(destination, tls: tls, version: version, domain: identity, logger: logger, attempts: 5),
+                          case .queryReply(let presence) = reply.body
+                    else { break }
+                    if presence != .incoming {
+                        answer = presence
+                        break
+                    }
+                    // The destination is still taking over by itself; ask again.
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+            switch answer {
+            case .running?, .paused?:
+                await driver.stopMigratedQEMU(name: name)
+                driver.markMigrated(name: name, undefine: record.undefine ?? false)
+                logger.notice("an interrupted migration completed: the destination holds the guest", metadata: ["domain": "\(name)"])
+            case .absent?:
+                if record.running ?? true {
+                    try? await driver.resumeAfterMigration(name: name)
+                }
+                logger.notice("an interrupted migration failed: the guest stays here", metadata: ["domain": "\(name)"])
+            case .incoming?, nil:
+                logger.error("an interrupted migration: the destination did not say who holds the guest; it stays paused here", metadata: [
+                    "domain": "\(name)", "destination": "\(record.peer)",
+                ])
+            }
+        }
+    }
+
+    private static func list(_ directory: String) throws -> [String] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     private func readAll(_ path: String) throws -> [UInt8] {

@@ -197,4 +197,12 @@ private final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHand
         }
         context.fireChannelInactive()
     }
+
+    /// A connection that never came up (refused) closes without `channelInactive`.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            promise.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
 }

@@ -96,6 +96,12 @@ extension Driver {
                 // The guest is paused and may be the destination's: a restarted keeld must not
                 // treat this as an interrupted job to cancel and resume.
                 job.finish()
+                // QEMU paused the guest: say so until the destination's word settles it.
+                if var paused = try? self.store.status(name) {
+                    paused.state = .paused
+                    paused.reason = "migration"
+                    try? self.store.save(paused)
+                }
                 return Self.statistics(last)
             }
         } catch let error as QMP.Error {

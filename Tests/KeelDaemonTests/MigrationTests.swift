@@ -342,6 +342,77 @@ struct MigrationTests {
         }
     }
 
+    /// Faults at the switch-over: the stream completed (the guest is paused on the source) and
+    /// `finish` was sent, but the destination's keeld is frozen (SIGSTOP), so no `finish-reply`
+    /// comes.
+    enum SwitchOverFault: String, CaseIterable, Sendable {
+        /// The source keeld dies; the destination thaws and takes over; the restarted source asks.
+        case sourceKeeldRestarts
+        /// The destination keeld and its QEMU die; the source asks until the restarted
+        /// destination answers `absent`, then resumes.
+        case destinationLost
+    }
+
+    @Test("a fault between the completed stream and finish-reply: the source asks the destination, and exactly one guest runs", arguments: SwitchOverFault.allCases)
+    func faultAtSwitchOver(_ fault: SwitchOverFault) async throws {
+        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            let before = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
+            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
+                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
+            }
+            let sourcePid = try #require(pair.pid(pair.source, "mig"))
+            let socket = pair.source.socket
+            let uri = pair.destinationURI
+            let request = Task {
+                try await Keeld.background(socket: socket, "POST", "/v1/domains/mig/migrate", ["destination": uri, "bandwidth": 32])
+            }
+            _ = try await eventually(timeout: 60, interval: .milliseconds(100)) { () -> Bool? in
+                let job = try pair.source.get("/v1/domains/mig/job").json["job"] as? [String: Any]
+                return (job?["dataProcessed"] as? Int ?? 0) > 4 << 20 ? true : nil
+            }
+            let destinationPid = try #require(pair.pid(pair.destination, "mig"))
+            pair.destination.signal(SIGSTOP)
+            defer { pair.destination.signal(SIGCONT) }
+            // The stream goes on between the QEMUs; the source then sends finish and waits.
+            let record = pair.source.state + "/run/mig.migration.json"
+            _ = try await eventually(timeout: 90, interval: .milliseconds(100)) { () -> Bool? in
+                ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").contains(#""phase":"finishing""#) ? true : nil
+            }
+            #expect(try pair.source.get("/v1/domains/mig").json["state"] as? String != nil)
+            switch fault {
+            case .sourceKeeldRestarts:
+                pair.source.stop(SIGKILL)
+                pair.destination.signal(SIGCONT)
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    try pair.destination.get("/v1/domains/mig").json["state"] as? String == "running" ? true : nil
+                }
+                try pair.source.start()
+                #expect(pair.source.log().contains("the destination holds the guest"), "\(pair.source.log())")
+                let states = try pair.states("mig")
+                #expect(states.source == "shutoff", "still defined on the source, not running")
+                #expect(states.destination == "running")
+                #expect(!isAlive(sourcePid), "the source QEMU was stopped once the destination said it holds the guest")
+                let offset = pair.serialSize("mig")
+                #expect(try await pair.cpuidBlock("mig", after: offset) == before)
+            case .destinationLost:
+                kill(destinationPid, SIGKILL)
+                pair.destination.stop(SIGKILL)
+                try await Task.sleep(for: .seconds(2))
+                #expect(try pair.source.get("/v1/domains/mig").json["state"] as? String == "paused", "never resumed blindly")
+                try pair.destination.start()
+                let answer = try await request.value
+                #expect(answer.status >= 400, "\(answer.text)")
+                let states = try pair.states("mig")
+                #expect(states.source == "running")
+                #expect(states.destination == "absent")
+                #expect(isAlive(sourcePid))
+                let offset = pair.serialSize("mig")
+                _ = try await pair.waitForTick("mig", beyond: pair.lastTick("mig") ?? 0, after: offset)
+            }
+        }
+    }
+
     @Test("the peer listener refuses plaintext without --insecure")
     func plaintextNeedsInsecure() async throws {
         let keeld = try Keeld(arguments: ["--listen", "tcp://127.0.0.1:\(try freePort())"])
