@@ -30,31 +30,42 @@ extension API {
             destination: destination, options: options, undefineSource: body.undefineSource ?? false,
             stream: .init(maxDowntimeMilliseconds: body.maxDowntime, bandwidthMiBps: body.bandwidth)
         )
-        let machine = try await gated("migrate", name) { _ in try await migration.migrate(name: name, request: migrationRequest) }
-        switch machine.phase {
-        case .completed:
-            var running: Bool?
-            var restorable: Bool?
-            switch machine.outcome {
-            case .migrated(let onDestination): running = onDestination
-            case .accepted(let verdict): restorable = verdict?.restorable ?? true
-            case nil: break
-            }
-            return try JSONBody.response(APIModels.MigrateResult(
-                name: name, job: "migrate", destination: destination.description, protocol: machine.version?.rawValue,
-                state: try driver.state(of: name).0.rawValue, runningOnDestination: running, dryRun: options.dryRun,
-                restorable: restorable, warnings: machine.warnings,
-                downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed
-            ))
-        default:
-            let error = machine.error ?? MigrationError(.operationFailed, "the migration ended in \(machine.phase.rawValue)")
-            var message = error.message
-            if machine.phase == .outcomeUnknown {
-                message = "the outcome is unknown: the guest stays paused here until the destination answers (\(error.message))"
-            }
-            let features = (error.verdict?.missing ?? []).map(\.feature) + (error.verdict?.extra ?? []).map(\.feature)
-            throw QEMUError(Self.code(error.code), "migration of '\(name)' to \(destination) failed: \(message)", features: features)
+        let result = try await gated("migrate", name) { _ in
+            let result = try await migration.migrate(name: name, request: migrationRequest)
+            // A failure fails the job (its log line and metrics), with the protocol's reason.
+            try Self.requireSuccess(result, name: name, destination: destination)
+            return result
         }
+        let machine = result.machine
+        var running: Bool?
+        var restorable: Bool?
+        switch machine.outcome {
+        case .migrated(let onDestination): running = onDestination
+        case .accepted(let verdict): restorable = verdict?.restorable ?? true
+        case nil: break
+        }
+        return try JSONBody.response(APIModels.MigrateResult(
+            name: name, job: "migrate", destination: destination.description, protocol: machine.version?.rawValue,
+            state: try driver.state(of: name).0.rawValue, runningOnDestination: running, dryRun: options.dryRun,
+            restorable: restorable, warnings: machine.warnings,
+            downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed
+        ))
+    }
+
+    /// Throws the migration's failure as the driver's error, with the CPU features of a refusal.
+    static func requireSuccess(_ result: MigrationService.Result, name: String, destination: PeerEndpoint) throws {
+        let machine = result.machine
+        guard machine.phase != .completed else { return }
+        var error = machine.error ?? MigrationError(.operationFailed, "the migration ended in \(machine.phase.rawValue)")
+        if result.aborted && machine.phase == .failed {
+            error = MigrationError(.aborted, "operation aborted: migration-out of '\(name)' cancelled by client")
+        }
+        var message = error.message
+        if machine.phase == .outcomeUnknown {
+            message = "the outcome is unknown: the guest stays paused here until the destination answers (\(error.message))"
+        }
+        let features = (error.verdict?.missing ?? []).map(\.feature) + (error.verdict?.extra ?? []).map(\.feature)
+        throw QEMUError(code(error.code), "migration of '\(name)' to \(destination) failed: \(message)", features: features)
     }
 
     static func code(_ code: MigrationError.Code) -> QEMUError.Code {

@@ -57,6 +57,9 @@ final class MigrationService: Sendable {
     /// What an outgoing migration ended with.
     struct Result: Sendable {
         var machine: MigrationSource
+        /// Whether `domjobabort` cancelled the stream (the destination may report its own
+        /// reaction to that first).
+        var aborted: Bool
     }
 
     private enum SourceInput: Sendable {
@@ -68,7 +71,7 @@ final class MigrationService: Sendable {
     ///
     /// - Throws: `QEMUError` when nothing started (the domain does not run, the peer cannot be
     ///   reached or refuses the TLS handshake): the guest is untouched.
-    func migrate(name: String, request: Request) async throws -> MigrationSource {
+    func migrate(name: String, request: Request) async throws -> Result {
         let driver = self.driver
         let domain = try driver.outgoingMigration(name: name)
         let connection = try await PeerChannel.connect(to: request.destination, tls: tls)
@@ -189,7 +192,7 @@ final class MigrationService: Sendable {
                 if case .cancelMigration = action { await driver.cancelOutgoingMigration(name: name) }
             }
         }
-        return machine
+        return Result(machine: machine, aborted: job.aborted)
     }
 
     /// Asks the destination what it holds of `domain` on a new channel, retrying for a while.

@@ -191,6 +191,8 @@ final class DomainJobRecorder {
     private var job: DomainJob
     private var lastWrite = ContinuousClock.now
     private var finished = false
+    /// Whether the job was cancelled on request (`domjobabort`).
+    private(set) var aborted = false
 
     init(store: DomainStore, name: String, operation: DomainJob.Operation) {
         self.store = store
@@ -239,6 +241,7 @@ final class DomainJobRecorder {
             write()
         }
         guard abortRequested else { return }
+        self.aborted = true
         let aborted = QEMUError(.aborted, "operation aborted: \(job.operation.rawValue) of '\(name)' cancelled by client")
         if stream != nil || job.operation == .migrationIn {
             // QEMU cannot cancel an incoming stream; the caller stops this QEMU instead.

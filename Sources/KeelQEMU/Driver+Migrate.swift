@@ -24,6 +24,9 @@ extension Driver {
         public func finish() {
             recorder.finish()
         }
+
+        /// Whether `domjobabort` cancelled the stream.
+        public var aborted: Bool { recorder.aborted }
     }
 
     /// Starts the job record of a migration on `name`.
