@@ -7,6 +7,12 @@ import Testing
 /// a tiny TCG test guest. What the guest sees is read from its serial output.
 @Suite("keeld: live migration between two hosts", .serialized)
 struct MigrationTests {
+    /// Why the two-host tests cannot run here, or nil when they can.
+    static let unavailableReason: String? = {
+        if let reason = Keeld.guestUnavailableReason { return reason }
+        return Subprocess.which("openssl") == nil ? "the openssl command is not installed (certificates are made with it)" : nil
+    }()
+
     /// Two hosts with certificates from one CA, listening on free loopback ports.
     final class Pair {
         let pki: URL
@@ -119,7 +125,7 @@ struct MigrationTests {
 
     @Test("a running TCG guest moves over mutual TLS: the same CPUID, its TICKs go on there, the source stopped, the definitions agree")
     func migrates() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             let before = try await pair.startGuest("mig")
             let uuid = try #require(pair.source.get("/v1/domains/mig").json["uuid"] as? String)
@@ -170,7 +176,7 @@ struct MigrationTests {
 
     @Test("a dry run asks the destination for its verdict and starts nothing; keel migrate refuses in embedded mode")
     func dryRunAndEmbedded() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             _ = try await pair.startGuest("mig")
             let verdict = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "dryRun": true])
@@ -190,7 +196,7 @@ struct MigrationTests {
 
     @Test("domjobabort during the transfer cancels it in QEMU: the guest runs on in the source, the destination holds nothing")
     func abortDuringTransfer() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
             _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
@@ -225,7 +231,7 @@ struct MigrationTests {
 
     @Test("a destination whose CPU ceiling lacks cx16 refuses before any QEMU starts, naming the feature and its CPUID bit; the guest runs on")
     func ceilingRefuses() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with(destinationConfig: DaemonTests.ceilingConfiguration) { pair in
             _ = try await pair.startGuest("mig")
             let refused = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
@@ -250,7 +256,7 @@ struct MigrationTests {
 
     @Test("a destination with a certificate from another CA is refused at the TLS handshake; the guest is untouched")
     func wrongCARefused() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with(destinationCA: "other") { pair in
             _ = try await pair.startGuest("mig")
             let refused = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
@@ -266,7 +272,7 @@ struct MigrationTests {
 
     @Test("a destination speaking only protocol 1: the source warns that the CPU cannot be verified, the guest moves with the original CPU")
     func olderPeer() async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with(destinationArguments: ["--migration-protocol", "1"]) { pair in
             let before = try await pair.startGuest("mig")
             let migrated = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
@@ -294,7 +300,7 @@ struct MigrationTests {
 
     @Test("a fault during the transfer leaves exactly one running guest, on the source, and the definitions agree", arguments: Fault.allCases)
     func faultDuringTransfer(_ fault: Fault) async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
             _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
@@ -355,7 +361,7 @@ struct MigrationTests {
 
     @Test("a fault between the completed stream and finish-reply: the source asks the destination, and exactly one guest runs", arguments: SwitchOverFault.allCases)
     func faultAtSwitchOver(_ fault: SwitchOverFault) async throws {
-        if let reason = Keeld.guestUnavailableReason { print("SKIP: \(reason)"); return }
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             let before = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
             _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
@@ -413,6 +419,39 @@ struct MigrationTests {
         }
     }
 
+    @Test("a guest the user paused arrives paused, offline migration pauses first and still arrives running")
+    func pausedAndOffline() async throws {
+        if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
+        try await Pair.with { pair in
+            let before = try await pair.startGuest("mig")
+            #expect(try pair.source.post("/v1/domains/mig/suspend").json["state"] as? String == "paused")
+            let migrated = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "persistent": true, "undefineSource": true])
+            #expect(migrated.status == 200, "\(migrated.text)")
+            #expect(migrated.json["runningOnDestination"] as? Bool == false)
+            #expect(try pair.states("mig") == ("absent", "paused"))
+            #expect(try pair.destination.post("/v1/domains/mig/resume").json["state"] as? String == "running")
+            let offset = pair.serialSize("mig")
+            #expect(try await pair.cpuidBlock("mig", after: offset) == before)
+
+            let back = try pair.destination.post("/v1/domains/mig/migrate", ["destination": "tls://127.0.0.1:\(pair.sourcePort)", "live": false,
+                                                                             "persistent": true, "undefineSource": true])
+            #expect(back.status == 200, "\(back.text)")
+            #expect(back.json["runningOnDestination"] as? Bool == true)
+            #expect(try pair.states("mig") == ("running", "absent"))
+        }
+    }
+
+    @Test("peer addresses: a scheme, a host and a port from 1 to 65535; anything else is refused at start")
+    func peerAddresses() throws {
+        #expect(throws: Never.self) { try checkPeer("tcp://127.0.0.1:16514") }
+        #expect(throws: Never.self) { try checkPeer("tcp://localhost:16514/") }
+        for bad in ["http://h:1", "tls://h", "tls://:1", "tls://h:0", "tls://h:65536", "tls://h:x", "h:1"] {
+            let keeld = try Keeld(arguments: ["--listen", bad, "--insecure"])
+            defer { keeld.tearDown() }
+            #expect(throws: (any Error).self, "\(bad)") { try keeld.start() }
+        }
+    }
+
     @Test("the peer listener refuses plaintext without --insecure")
     func plaintextNeedsInsecure() async throws {
         let keeld = try Keeld(arguments: ["--listen", "tcp://127.0.0.1:\(try freePort())"])
@@ -436,4 +475,13 @@ func freePort() throws -> Int {
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
     return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Starts a keeld listening on `address` (a free port in place of 16514) and stops it; throws
+/// when keeld refuses the address.
+func checkPeer(_ address: String) throws {
+    let port = try freePort()
+    let keeld = try Keeld(arguments: ["--listen", address.replacingOccurrences(of: ":16514", with: ":\(port)"), "--insecure"])
+    defer { keeld.tearDown() }
+    try keeld.start()
 }
