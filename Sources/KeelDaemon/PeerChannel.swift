@@ -1,3 +1,4 @@
+import Glibc
 import KeelMigration
 import KeelQEMU
 import NIOCore
@@ -103,6 +104,11 @@ public struct PeerTLS: Sendable {
 typealias PeerConnection = NIOAsyncChannel<ByteBuffer, ByteBuffer>
 
 enum PeerChannel {
+    /// TCP keepalive on every peer channel: a peer behind a cut link is lost after about
+    /// idle + interval × count seconds, even while neither side has anything to say (the
+    /// destination waiting for `finish` while the stream runs).
+    static let keepalive = (idle: 5, interval: 2, count: 3)
+
     /// Connects to a peer and completes the TLS handshake (for `tls://`) before returning, so
     /// that a refused certificate is reported as such, before any migration state moves.
     ///
@@ -115,6 +121,10 @@ enum PeerChannel {
         do {
             let (connection, handshake) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(timeout.components.seconds))
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive.idle)
+                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive.interval)
+                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: keepalive.count)
                 .connect(host: endpoint.host, port: endpoint.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let promise = channel.eventLoop.makePromise(of: Void.self)
@@ -147,6 +157,10 @@ enum PeerChannel {
         let context = endpoint.scheme == .tls ? tls?.server : nil
         return try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive.idle)
+            .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive.interval)
+            .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: keepalive.count)
             .bind(host: endpoint.host, port: endpoint.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let context {

@@ -21,9 +21,17 @@ struct MigrationTests {
         let sourcePort: Int
         let destinationPort: Int
 
-        init(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil, destinationConfig: String? = nil) throws {
+        /// The addresses the two hosts listen on (loopback, or each end of a veth pair).
+        let sourceHost: String
+        let destinationHost: String
+
+        init(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil, destinationConfig: String? = nil,
+             network: Network? = nil) throws {
+            sourceHost = network?.sourceAddress ?? "127.0.0.1"
+            destinationHost = network?.destinationAddress ?? "127.0.0.1"
             pki = FileManager.default.temporaryDirectory.appendingPathComponent("keel-pki-\(UUID().uuidString.prefix(8))")
             try Self.pki(pki.path, hosts: ["a", "b"])
+            // Ports are free in their own namespaces when there are any; loopback's are probed.
             sourcePort = try freePort()
             destinationPort = try freePort()
             var destinationDirectory = pki.appendingPathComponent("b").path
@@ -33,8 +41,12 @@ struct MigrationTests {
                 try Self.pki(other.path, hosts: ["b"])
                 destinationDirectory = other.appendingPathComponent("b").path
             }
-            source = try Keeld(arguments: ["--tls-dir", pki.appendingPathComponent("a").path, "--listen", "tls://127.0.0.1:\(sourcePort)"] + sourceArguments)
-            destination = try Keeld(arguments: ["--tls-dir", destinationDirectory, "--listen", "tls://127.0.0.1:\(destinationPort)"] + destinationArguments)
+            source = try Keeld(arguments: ["--tls-dir", pki.appendingPathComponent("a").path, "--listen", "tls://\(sourceHost):\(sourcePort)"] + sourceArguments)
+            destination = try Keeld(arguments: ["--tls-dir", destinationDirectory, "--listen", "tls://\(destinationHost):\(destinationPort)"] + destinationArguments)
+            if let network {
+                source.launcher = ["/usr/sbin/ip", "netns", "exec", network.sourceNamespace]
+                destination.launcher = ["/usr/sbin/ip", "netns", "exec", network.destinationNamespace]
+            }
             if let destinationConfig {
                 try FileManager.default.createDirectory(atPath: destination.state, withIntermediateDirectories: true)
                 try destinationConfig.write(toFile: destination.state + "/config.xml", atomically: true, encoding: .utf8)
@@ -43,14 +55,14 @@ struct MigrationTests {
             try destination.start()
         }
 
-        var destinationURI: String { "tls://127.0.0.1:\(destinationPort)" }
+        var destinationURI: String { "tls://\(destinationHost):\(destinationPort)" }
 
         static func pki(_ directory: String, hosts: [String]) throws {
             let script = Keeld.repository.appendingPathComponent("scripts/keel-pki.sh").path
             let made = try Subprocess.run("/bin/sh", [script, "init", directory], timeout: 60)
             guard made.status == 0 else { throw UnixHTTP.Failure(description: "keel-pki init: \(made.output)") }
             for host in hosts {
-                let issued = try Subprocess.run("/bin/sh", [script, "host", directory, host, "127.0.0.1", "localhost"], timeout: 60)
+                let issued = try Subprocess.run("/bin/sh", [script, "host", directory, host, "127.0.0.1", "localhost", Network.sourceAddressText, Network.destinationAddressText], timeout: 60)
                 guard issued.status == 0 else { throw UnixHTTP.Failure(description: "keel-pki host: \(issued.output)") }
             }
         }
@@ -62,9 +74,9 @@ struct MigrationTests {
         }
 
         static func with(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil,
-                         destinationConfig: String? = nil, _ body: (Pair) async throws -> Void) async throws {
+                         destinationConfig: String? = nil, network: Network? = nil, _ body: (Pair) async throws -> Void) async throws {
             let pair = try Pair(sourceArguments: sourceArguments, destinationArguments: destinationArguments,
-                                destinationCA: destinationCA, destinationConfig: destinationConfig)
+                                destinationCA: destinationCA, destinationConfig: destinationConfig, network: network)
             defer { pair.tearDown() }
             try await body(pair)
         }
@@ -449,6 +461,107 @@ struct MigrationTests {
             let keeld = try Keeld(arguments: ["--listen", bad, "--insecure"])
             defer { keeld.tearDown() }
             #expect(throws: (any Error).self, "\(bad)") { try keeld.start() }
+        }
+    }
+
+    /// Two network namespaces joined by a veth pair on a private /30, made and removed here.
+    final class Network {
+        static let sourceAddressText = "10.213.7.1"
+        static let destinationAddressText = "10.213.7.2"
+        let sourceNamespace: String
+        let destinationNamespace: String
+        let sourceLink = "keelt-va"
+        let destinationLink = "keelt-vb"
+        var sourceAddress: String { Self.sourceAddressText }
+        var destinationAddress: String { Self.destinationAddressText }
+
+        /// Why namespaces cannot be made here, or nil.
+        static let unavailableReason: String? = {
+            guard Subprocess.which("ip") != nil else { return "the ip command is not installed" }
+            guard getuid() == 0 else { return "network namespaces need root" }
+            return nil
+        }()
+
+        init() throws {
+            let tag = String(UInt32.random(in: 0..<UInt32.max), radix: 16)
+            sourceNamespace = "keelt-a-\(tag)"
+            destinationNamespace = "keelt-b-\(tag)"
+            Self.removeLinks()
+            for command in [
+                ["netns", "add", sourceNamespace], ["netns", "add", destinationNamespace],
+                ["link", "add", sourceLink, "type", "veth", "peer", "name", destinationLink],
+                ["link", "set", sourceLink, "netns", sourceNamespace], ["link", "set", destinationLink, "netns", destinationNamespace],
+                ["-n", sourceNamespace, "addr", "add", Self.sourceAddressText + "/30", "dev", sourceLink],
+                ["-n", destinationNamespace, "addr", "add", Self.destinationAddressText + "/30", "dev", destinationLink],
+                ["-n", sourceNamespace, "link", "set", "lo", "up"], ["-n", destinationNamespace, "link", "set", "lo", "up"],
+                ["-n", sourceNamespace, "link", "set", sourceLink, "up"], ["-n", destinationNamespace, "link", "set", destinationLink, "up"],
+            ] {
+                let result = try Subprocess.run("/usr/sbin/ip", command, timeout: 20)
+                guard result.status == 0 else {
+                    tearDown()
+                    throw UnixHTTP.Failure(description: "ip \(command.joined(separator: " ")): \(result.output)")
+                }
+            }
+        }
+
+        /// Takes the source's end of the link down or up.
+        func setLink(up: Bool) throws {
+            _ = try Subprocess.run("/usr/sbin/ip", ["-n", sourceNamespace, "link", "set", sourceLink, up ? "up" : "down"], timeout: 20)
+        }
+
+        func tearDown() {
+            _ = try? Subprocess.run("/usr/sbin/ip", ["netns", "del", sourceNamespace], timeout: 20)
+            _ = try? Subprocess.run("/usr/sbin/ip", ["netns", "del", destinationNamespace], timeout: 20)
+            Self.removeLinks()
+        }
+
+        private static func removeLinks() {
+            _ = try? Subprocess.run("/usr/sbin/ip", ["link", "del", "keelt-va"], timeout: 20)
+        }
+    }
+
+    @Test("two hosts in separate network namespaces: the guest moves over the veth link; the link cut during the stream leaves it on the source")
+    func networkNamespaces() async throws {
+        if let reason = Self.unavailableReason ?? Network.unavailableReason { print("SKIP: \(reason)"); return }
+        let network = try Network()
+        defer { network.tearDown() }
+        try await Pair.with(network: network) { pair in
+            let before = try await pair.startGuest("mig")
+            let moved = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "persistent": true, "undefineSource": true])
+            #expect(moved.status == 200, "\(moved.text)\n\(pair.destination.log())")
+            #expect(try pair.states("mig") == ("absent", "running"))
+            let offset = pair.serialSize("mig")
+            #expect(try await pair.cpuidBlock("mig", after: offset) == before)
+            #expect(try pair.destination.post("/v1/domains/mig/destroy").status == 200)
+            #expect(try pair.destination.delete("/v1/domains/mig").status == 200)
+
+            // A bigger guest, a capped stream, and the link cut while it runs.
+            _ = try await pair.startGuest("big", memoryMiB: 256, cmdline: "fill=200")
+            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
+                pair.serial("big").contains { $0.hasPrefix("FILLED") } ? true : nil
+            }
+            let sourcePid = try #require(pair.pid(pair.source, "big"))
+            let socket = pair.source.socket
+            let uri = pair.destinationURI
+            let request = Task {
+                try await Keeld.background(socket: socket, "POST", "/v1/domains/big/migrate", ["destination": uri, "bandwidth": 16])
+            }
+            _ = try await eventually(timeout: 60, interval: .milliseconds(100)) { () -> Bool? in
+                let job = try pair.source.get("/v1/domains/big/job").json["job"] as? [String: Any]
+                return (job?["dataProcessed"] as? Int ?? 0) > 8 << 20 ? true : nil
+            }
+            let destinationPid = try #require(pair.pid(pair.destination, "big"))
+            try network.setLink(up: false)
+            let answer = try await request.value
+            #expect(answer.status >= 400, "\(answer.text)")
+            try network.setLink(up: true)
+            _ = try await eventually(timeout: 60, interval: .milliseconds(200)) { () -> Bool? in
+                (try? pair.states("big")).map { $0.source == "running" && $0.destination == "absent" ? true : nil } ?? nil
+            }
+            #expect(isAlive(sourcePid))
+            _ = try await eventually(timeout: 60, interval: .milliseconds(200)) { () -> Bool? in isAlive(destinationPid) ? nil : true }
+            let bigOffset = pair.serialSize("big")
+            _ = try await pair.waitForTick("big", beyond: pair.lastTick("big") ?? 0, after: bigOffset)
         }
     }
 
