@@ -565,6 +565,58 @@ struct MigrationTests {
         }
     }
 
+    @Test("the link cut after the stream completed, while finish-reply is on its way: the source waits paused, asks once the link is back, and stops its QEMU")
+    func networkCutAtSwitchOver() async throws {
+        if let reason = Self.unavailableReason ?? Network.unavailableReason { print("SKIP: \(reason)"); return }
+        let network = try Network()
+        defer { network.tearDown() }
+        try await Pair.with(network: network) { pair in
+            let before = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
+            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
+                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
+            }
+            let sourcePid = try #require(pair.pid(pair.source, "mig"))
+            let socket = pair.source.socket
+            let uri = pair.destinationURI
+            let request = Task {
+                try await Keeld.background(socket: socket, "POST", "/v1/domains/mig/migrate", ["destination": uri, "bandwidth": 32, "persistent": true])
+            }
+            _ = try await eventually(timeout: 60, interval: .milliseconds(100)) { () -> Bool? in
+                let job = try pair.source.get("/v1/domains/mig/job").json["job"] as? [String: Any]
+                return (job?["dataProcessed"] as? Int ?? 0) > 4 << 20 ? true : nil
+            }
+            // Hold the destination keeld until the source has sent finish, then cut the link
+            // and let the destination take over; its finish-reply cannot arrive.
+            pair.destination.signal(SIGSTOP)
+            defer { pair.destination.signal(SIGCONT) }
+            let record = pair.source.state + "/run/mig.migration.json"
+            _ = try await eventually(timeout: 90, interval: .milliseconds(100)) { () -> Bool? in
+                ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").contains(#""phase":"finishing""#) ? true : nil
+            }
+            try network.setLink(up: false)
+            pair.destination.signal(SIGCONT)
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                try pair.destination.get("/v1/domains/mig").json["state"] as? String == "running" ? true : nil
+            }
+            // The source cannot know: the guest stays paused there, never resumed blindly.
+            _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").contains(#""phase":"outcomeUnknown""#) ? true : nil
+            }
+            #expect(try pair.source.get("/v1/domains/mig").json["state"] as? String == "paused")
+            try network.setLink(up: true)
+            let answer = try await request.value
+            #expect(answer.status == 200, "\(answer.text)")
+            #expect(answer.json["runningOnDestination"] as? Bool == true)
+            let states = try pair.states("mig")
+            #expect(states.source == "shutoff")
+            #expect(states.destination == "running")
+            #expect(!isAlive(sourcePid))
+            #expect(try pair.destination.get("/v1/domains/mig").json["persistent"] as? Bool == true)
+            let offset = pair.serialSize("mig")
+            #expect(try await pair.cpuidBlock("mig", after: offset) == before)
+        }
+    }
+
     @Test("the peer listener refuses plaintext without --insecure")
     func plaintextNeedsInsecure() async throws {
         let keeld = try Keeld(arguments: ["--listen", "tcp://127.0.0.1:\(try freePort())"])
