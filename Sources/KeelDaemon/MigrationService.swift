@@ -237,6 +237,7 @@ final class MigrationService: Sendable {
         var hadDefinition = true
         var capabilities: QEMUCapabilities?
         var job: Driver.MigrationJob?
+        var resumeWanted = false
         var iterator = inputs.makeAsyncIterator()
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -264,6 +265,9 @@ final class MigrationService: Sendable {
                                     try await outbound.write(PeerChannel.frame(MigrationMessage(message.version, .queryReply(presence))))
                                     break loop
                                 }
+                                if case .finish(let finish) = message.body {
+                                    resumeWanted = finish.resume && !machine.options.paused
+                                }
                                 event = .received(message)
                             case .event(let received):
                                 event = received
@@ -288,7 +292,8 @@ final class MigrationService: Sendable {
                         if machine.phase != phase { since = .now }
                         if name == nil, let domain = machine.domain { name = domain.name }
                         if let name {
-                            self.persist(name: name, role: "destination", phase: machine.phase.rawValue, version: machine.version, uri: nil, peer: machine.source?.name ?? "")
+                            self.persist(name: name, role: "destination", phase: machine.phase.rawValue, version: machine.version, uri: nil,
+                                         peer: machine.source?.name ?? "", running: resumeWanted)
                         }
                         for action in actions {
                             switch action {
@@ -499,6 +504,16 @@ final class MigrationService: Sendable {
             let name = String(file.dropLast(".migration.json".count))
             guard let record = interruptedRecord(name) else { continue }
             defer { removeRecord(name) }
+            if record.role == "destination", record.phase == "committing" || record.phase == "resuming",
+               driver.migrationPresence(name: name) == .paused {
+                // The takeover was committed (job recovery left the guest alone): finish it, as
+                // the destination's machine would have.
+                if record.running ?? false {
+                    try? await driver.resumeAfterMigration(name: name)
+                }
+                logger.notice("an interrupted incoming migration completed", metadata: ["domain": "\(name)", "resumed": "\(record.running ?? false)"])
+                continue
+            }
             guard record.role == "source", record.phase == "finishing" || record.phase == "outcomeUnknown" else {
                 logger.notice("an interrupted migration was settled by job recovery", metadata: [
                     "domain": "\(name)", "role": "\(record.role)", "phase": "\(record.phase)",
