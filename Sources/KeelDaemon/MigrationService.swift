@@ -34,7 +34,9 @@ final class MigrationService: Sendable {
         self.listen = listen
         self.versions = versions
         self.logger = logger
-        host = MigrationMessage.HostIdentity(name: Self.hostName(), uuid: try Self.hostUUID(stateDirectory: holder.stateDirectory))
+        // The UUID `keel capabilities` reports: STATE/host-uuid, else /etc/machine-id. Two keelds on
+        // one machine are two hosts only with their own STATE/host-uuid.
+        host = MigrationMessage.HostIdentity(name: Self.hostName(), uuid: HostCapabilities.hostUUID(stateDirectory: holder.stateDirectory))
     }
 
     var driver: Driver { holder.driver }
@@ -590,35 +592,6 @@ final class MigrationService: Sendable {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// This host's UUID for migration cookies: `STATE/host-uuid`, made on first use.
-    static func hostUUID(stateDirectory: String) throws -> String {
-        let path = stateDirectory + "/host-uuid"
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            defer { close(fd) }
-            var buffer = [UInt8](repeating: 0, count: 64)
-            let count = read(fd, &buffer, buffer.count)
-            let text = String(decoding: buffer.prefix(max(0, count)).filter { $0 > 0x20 }, as: UTF8.self)
-            if text.count == 36 { return text }
-        }
-        var bytes = [UInt8](repeating: 0, count: 16)
-        let random = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
-        if random >= 0 {
-            _ = read(random, &bytes, 16)
-            close(random)
-        }
-        bytes[6] = (bytes[6] & 0x0f) | 0x40
-        bytes[8] = (bytes[8] & 0x3f) | 0x80
-        let hex = bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-        let uuid = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)].joined(separator: "-")
-        let out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard out >= 0 else { throw QEMUError(.io, "cannot write \(path): \(String(cString: strerror(errno)))") }
-        defer { close(out) }
-        let line = Array((uuid + "\n").utf8)
-        _ = line.withUnsafeBytes { write(out, $0.baseAddress, $0.count) }
-        return uuid
     }
 }
 

@@ -47,6 +47,12 @@ struct MigrationTests {
                 source.launcher = ["/usr/sbin/ip", "netns", "exec", network.sourceNamespace]
                 destination.launcher = ["/usr/sbin/ip", "netns", "exec", network.destinationNamespace]
             }
+            // Two keelds on one machine are two hosts with their own UUIDs (else both would be
+            // /etc/machine-id, and the destination would refuse its own host).
+            for keeld in [source, destination] {
+                try FileManager.default.createDirectory(atPath: keeld.state, withIntermediateDirectories: true)
+                try (UUID().uuidString.lowercased() + "\n").write(toFile: keeld.state + "/host-uuid", atomically: true, encoding: .utf8)
+            }
             if let destinationConfig {
                 try FileManager.default.createDirectory(atPath: destination.state, withIntermediateDirectories: true)
                 try destinationConfig.write(toFile: destination.state + "/config.xml", atomically: true, encoding: .utf8)
