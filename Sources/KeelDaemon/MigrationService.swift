@@ -87,7 +87,7 @@ final class MigrationService: Sendable {
         defer { job.finish() }
         var iterator = inputs.makeAsyncIterator()
         try? await connection.executeThenClose { inbound, outbound in
-            try await withThrowingTaskGroup(of: Void.self) { group in
+            await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     await Self.readFrames(inbound) { continuation.yield(.event($0.map { .received($0) } ?? .peerLost)) }
                 }
