@@ -568,6 +568,14 @@ struct MigrationTests {
             _ = try await eventually(timeout: 60, interval: .milliseconds(200)) { () -> Bool? in isAlive(destinationPid) ? nil : true }
             let bigOffset = pair.serialSize("big")
             _ = try await pair.waitForTick("big", beyond: pair.lastTick("big") ?? 0, after: bigOffset)
+
+            // The link down before Begin: the peer cannot be reached, nothing moves.
+            try network.setLink(up: false)
+            let unreachable = try pair.source.post("/v1/domains/big/migrate", ["destination": uri])
+            try network.setLink(up: true)
+            #expect(unreachable.status >= 400)
+            #expect(unreachable.errorMessage.contains("cannot reach"), "\(unreachable.errorMessage)")
+            #expect(try pair.states("big") == ("running", "absent"))
         }
     }
 
