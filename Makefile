@@ -6,10 +6,11 @@ SWIFT_FLAGS ?=
 CONFIG ?= release
 
 # Debian packages: building (libxml2), running guests (QEMU), the libvirt oracle (virsh and
-# libvirt's cpu_map), the test guest (nasm) and the compressors libvirt uses for save images.
+# libvirt's cpu_map), the test guest (nasm), the compressors libvirt uses for save images and
+# openssl (certificates for the migration tests).
 BUILD_PACKAGES := libxml2-dev pkg-config
 RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
-TEST_PACKAGES := $(RUN_PACKAGES) hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
+TEST_PACKAGES := $(RUN_PACKAGES) openssl hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
 
 .PHONY: all build build-release build-daemon build-bench demo test deps-build deps-demo deps-test bench bench-daemon interop clean
 

@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // libxml2, the parser libvirt itself uses; see KeelXML for the hardening.
@@ -35,7 +36,7 @@ let package = Package(
         .target(name: "KeelQMP", dependencies: [], swiftSettings: strict),
         // The migration protocol's pure core: the cookie, the messages and both state machines.
         .target(name: "KeelMigration", dependencies: ["KeelXML", "KeelCPU", "KeelDomain"], swiftSettings: strict),
-        .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP"], swiftSettings: strict),
+        .target(name: "KeelQEMU", dependencies: ["KeelXML", "KeelCPU", "KeelDomain", "KeelSaveImage", "KeelQMP", "KeelMigration"], swiftSettings: strict),
         // keeld's client: HTTP/1.1 over a Unix socket, no NIO (the CLI is built without it).
         .target(name: "KeelClient", dependencies: [], swiftSettings: strict),
         .executableTarget(
@@ -57,6 +58,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                "KeelMigration",
             ],
             swiftSettings: strict
         ),

@@ -20,6 +20,8 @@ struct API: Sendable {
     let logger: Logger
     let bus: EventBus
     let watcher: DomainWatcher
+    /// Live migration; nil in tests that build an API without it.
+    var migration: MigrationService? = nil
 
     var driver: Driver { holder.driver }
 
@@ -34,7 +36,7 @@ struct API: Sendable {
 
     /// Every endpoint the daemon registers, as `docs/api/openapi.json` must describe them.
     static var allEndpoints: [(HTTPRequest.Method, String)] {
-        endpoints + lifecycleEndpoints + hypervisorCPUEndpoints
+        endpoints + lifecycleEndpoints + hypervisorCPUEndpoints + migrationEndpoints
     }
 
     static let endpoints: [(HTTPRequest.Method, String)] = [
@@ -79,6 +81,7 @@ struct API: Sendable {
         router.get("/v1/events") { request, context in try self.events(request, context) }
         registerLifecycle(on: router)
         registerHypervisorCPU(on: router)
+        registerMigration(on: router)
     }
 
     // MARK: jobs

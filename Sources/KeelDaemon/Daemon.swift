@@ -1,5 +1,6 @@
 import Glibc
 import Hummingbird
+import KeelMigration
 import KeelQEMU
 import Logging
 import NIOConcurrencyHelpers
@@ -18,14 +19,27 @@ public struct DaemonConfiguration: Sendable {
     public var jobTimeout: Duration
     /// How many events a `GET /v1/events` subscriber may fall behind before the oldest are dropped.
     public var eventBufferLimit: Int
+    /// Where to listen for peer `keeld`s (`tls://ADDR:PORT`, or `tcp://ADDR:PORT` when insecure).
+    public var listen: String?
+    /// The directory holding `ca.pem`, `cert.pem` and `key.pem` for the peer channel.
+    public var tlsDirectory: String?
+    /// Allows a plaintext `tcp://` listener.
+    public var insecure: Bool
+    /// The migration protocol versions spoken (a test narrows them to the previous one).
+    public var migrationVersions: [Int]
 
     public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil,
-                jobTimeout: Duration = .seconds(10), eventBufferLimit: Int = 1024) {
+                jobTimeout: Duration = .seconds(10), eventBufferLimit: Int = 1024,
+                listen: String? = nil, tlsDirectory: String? = nil, insecure: Bool = false, migrationVersions: [Int] = [2, 1]) {
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
         self.group = group
         self.jobTimeout = jobTimeout
         self.eventBufferLimit = eventBufferLimit
+        self.listen = listen
+        self.tlsDirectory = tlsDirectory
+        self.insecure = insecure
+        self.migrationVersions = migrationVersions
     }
 }
 
@@ -66,13 +80,25 @@ public struct Daemon: Sendable {
         let router = Router(context: DaemonRequestContext.self)
         router.add(middleware: ErrorMiddleware(routes: API.routes))
         router.add(middleware: PeerCredentialMiddleware(socket: socket))
+        let endpoint = try configuration.listen.map { try PeerEndpoint(parsing: $0) }
+        if endpoint?.scheme == .tcp && !configuration.insecure {
+            throw QEMUError(.invalidArgument, "--listen tcp://… is plaintext: add --insecure to accept that, or use tls:// with --tls-dir")
+        }
+        if endpoint?.scheme == .tls && configuration.tlsDirectory == nil {
+            throw QEMUError(.invalidArgument, "--listen tls://… needs --tls-dir DIR (ca.pem, cert.pem, key.pem)")
+        }
+        let tls = try configuration.tlsDirectory.map { try PeerTLS(directory: $0) }
+        let versions = configuration.migrationVersions.map { MigrationProtocolVersion(rawValue: $0) }
+        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger)
+        await migration.resolveInterrupted()
         let gates = DomainGateRegistry()
         let bus = EventBus(bufferLimit: configuration.eventBufferLimit)
         let watcher = DomainWatcher(holder: holder, gates: gates, bus: bus, logger: logger)
-        let api = API(
+        var api = API(
             holder: holder, gates: gates, metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger,
             bus: bus, watcher: watcher
         )
+        api.migration = migration
         api.register(on: router)
 
         // Bind with a private umask so the socket is never reachable by others before its mode
@@ -97,10 +123,14 @@ public struct Daemon: Sendable {
             },
             logger: logger
         )
+        var services: [any Service] = [application, ReloadService(holder: holder, logger: logger)]
+        if let endpoint {
+            services.append(PeerListenerService(service: migration, endpoint: endpoint))
+        }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             // Shut down in reverse: the watcher first, which ends the event streams, so that the
             // HTTP server's drain does not wait for them.
-            services: [application, ReloadService(holder: holder, logger: logger), watcher],
+            services: services + [watcher],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

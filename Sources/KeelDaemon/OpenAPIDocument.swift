@@ -1282,6 +1282,64 @@ enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/domains/{name}/migrate": {
+      "post": {
+        "tags": [
+          "jobs"
+        ],
+        "summary": "Migrate a running domain to another keeld",
+        "operationId": "migrateDomain",
+        "parameters": [
+          {
+            "$ref": "#/components/parameters/DomainName"
+          }
+        ],
+        "description": "Live-migrates a running domain to the keeld listening at `destination` (job `migrate`), over the peer channel (mutual TLS for `tls://`, keeld needs `--tls-dir`; plaintext for `tcp://`) with the protocol of docs/protocols/migration.md. The destination judges the guest CPU before any QEMU starts and refuses naming each feature with its CPUID bits (422); it pins the CPU completely and verifies it before it accepts QEMU's stream. Progress and abort through the domain's job. On any failure before the switch-over the guest keeps running here.",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/MigrateRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The destination owns the guest (or, for a dry run, can reproduce its CPU).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/MigrateResult"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          },
+          "413": {
+            "$ref": "#/components/responses/PayloadTooLarge"
+          },
+          "422": {
+            "$ref": "#/components/responses/IncompatibleCPU"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "500": {
+            "$ref": "#/components/responses/Internal"
+          }
+        }
+      }
     }
   },
   "components": {
@@ -2420,6 +2478,105 @@ enum OpenAPIDocument {
             "type": "integer",
             "format": "int64",
             "description": "Milliseconds since the job started."
+          }
+        }
+      },
+      "MigrateRequest": {
+        "type": "object",
+        "required": [
+          "destination"
+        ],
+        "properties": {
+          "destination": {
+            "type": "string",
+            "example": "tls://192.0.2.2:16514",
+            "description": "The destination keeld's peer listener: tls://HOST:PORT or tcp://HOST:PORT."
+          },
+          "live": {
+            "type": "boolean",
+            "description": "Migrate while the guest runs (default true); false pauses it first."
+          },
+          "paused": {
+            "type": "boolean",
+            "description": "Leave the guest paused on the destination."
+          },
+          "persistent": {
+            "type": "boolean",
+            "description": "Define the domain on the destination."
+          },
+          "undefineSource": {
+            "type": "boolean",
+            "description": "Remove the definition here once migrated."
+          },
+          "dryRun": {
+            "type": "boolean",
+            "description": "Only ask the destination for its CPU verdict."
+          },
+          "maxDowntime": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds."
+          },
+          "bandwidth": {
+            "type": "integer",
+            "format": "int64",
+            "description": "MiB/s; unlimited when absent."
+          }
+        }
+      },
+      "MigrateResult": {
+        "type": "object",
+        "required": [
+          "name",
+          "job",
+          "destination",
+          "state",
+          "dryRun",
+          "warnings"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "job": {
+            "type": "string",
+            "example": "migrate"
+          },
+          "destination": {
+            "type": "string"
+          },
+          "protocol": {
+            "type": "integer",
+            "description": "The migration protocol version negotiated (2, or 1 with an older peer)."
+          },
+          "state": {
+            "$ref": "#/components/schemas/DomainState"
+          },
+          "runningOnDestination": {
+            "type": "boolean"
+          },
+          "dryRun": {
+            "type": "boolean"
+          },
+          "restorable": {
+            "type": "boolean"
+          },
+          "warnings": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "e.g. that an older destination cannot verify the guest CPU."
+          },
+          "downtime": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds, as QEMU measured them."
+          },
+          "totalTime": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds, as QEMU measured them."
           }
         }
       }

@@ -216,6 +216,8 @@ final class DomainJobRecorder {
     private var finished = false
     private let observer = DomainJob.observer
     private var lastReport: ContinuousClock.Instant?
+    /// Whether the job was cancelled on request (`domjobabort`).
+    private(set) var aborted = false
 
     init(store: DomainStore, name: String, operation: DomainJob.Operation, file: String? = nil) {
         self.store = store
@@ -268,6 +270,7 @@ final class DomainJobRecorder {
             observer.report(name, job)
         }
         guard abortRequested else { return }
+        self.aborted = true
         let aborted = QEMUError(.aborted, "operation aborted: \(job.operation.rawValue) of '\(name)' cancelled by client")
         if stream != nil || job.operation == .migrationIn {
             // QEMU cannot cancel an incoming stream; the caller stops this QEMU instead.

@@ -14,7 +14,7 @@ struct Keel: AsyncParsableCommand {
             DomainShutdown.self, DomainReboot.self, DomainManagedSave.self, DomainManagedSaveRemove.self,
             DomainManagedSaveDumpXML.self, DomainManagedSaveDefine.self, DomainAutostart.self,
             DomainJobInfo.self, DomainJobAbort.self, HypervisorCPUCompare.self, HypervisorCPUBaseline.self,
-            Capabilities.self, DomainCapabilities.self, DomainEvents.self,
+            Capabilities.self, DomainCapabilities.self, DomainEvents.self, DomainMigrate.self,
         ]
     )
 }

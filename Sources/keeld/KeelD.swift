@@ -22,6 +22,10 @@ struct KeelD: AsyncParsableCommand {
     @Option(help: "Seconds a modifying job waits for the job in progress on the same domain.") var jobTimeout: Double = 10
     @Option(help: "Events a slow GET /v1/events client may fall behind before the oldest are dropped.") var eventBuffer: Int = 1024
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "Listen for peer keelds (migration): tls://ADDR:PORT, or tcp://ADDR:PORT with --insecure.") var listen: String?
+    @Option(help: "The peer channel's TLS identity: a directory with ca.pem, cert.pem and key.pem.") var tlsDir: String?
+    @Flag(help: "Accept a plaintext tcp:// peer listener.") var insecure = false
+    @Option(help: .hidden) var migrationProtocol: Int?
 
     func validate() throws {
         guard stateDirectory.hasPrefix("/"), socketPath.hasPrefix("/") else {
@@ -42,7 +46,9 @@ struct KeelD: AsyncParsableCommand {
         let logger = Logger(label: "keeld")
         let configuration = DaemonConfiguration(
             stateDirectory: stateDirectory, socketPath: socketPath, group: group,
-            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())), eventBufferLimit: eventBuffer
+            jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())), eventBufferLimit: eventBuffer,
+            listen: listen, tlsDirectory: tlsDir, insecure: insecure,
+            migrationVersions: migrationProtocol.map { [$0] } ?? [2, 1]
         )
         do {
             try await Daemon(configuration: configuration, logger: logger).run()

@@ -168,6 +168,9 @@ final class Keeld {
     private(set) var pid: pid_t?
     private(set) var exitStatus: Int32?
     private var extraArguments: [String]
+    /// A command that runs keeld (e.g. `ip netns exec NS`), replacing itself with it so that
+    /// the pid stays keeld's.
+    var launcher: [String] = []
 
     /// A fresh directory; call `start()` to run the daemon.
     init(arguments: [String] = []) throws {
@@ -191,7 +194,7 @@ final class Keeld {
     /// Starts (or restarts) keeld on this directory and waits until it answers.
     func start(arguments: [String]? = nil) throws {
         if let arguments { extraArguments = arguments }
-        let argv = [Self.binary, "--state", state, "--socket", socket, "--log-level", "debug"] + extraArguments
+        let argv = launcher + [Self.binary, "--state", state, "--socket", socket, "--log-level", "debug"] + extraArguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -201,7 +204,7 @@ final class Keeld {
         var cArguments = argv.map { strdup($0) } + [nil]
         defer { for argument in cArguments { free(argument) } }
         var child: pid_t = 0
-        let result = posix_spawn(&child, Self.binary, &actions, nil, &cArguments, environ)
+        let result = posix_spawn(&child, launcher.first ?? Self.binary, &actions, nil, &cArguments, environ)
         guard result == 0 else { throw UnixHTTP.Failure(description: "cannot run \(Self.binary): \(String(cString: strerror(result)))") }
         pid = child
         exitStatus = nil

@@ -12,6 +12,11 @@ enum Output {
         writeAll(1, text)
     }
 
+    /// Writes `warning: message` to stderr as one line.
+    static func warning(_ message: String) {
+        writeAll(2, "warning: " + message.replacingNewlines() + "\n")
+    }
+
     /// Writes `error: message` to stderr as one line.
     static func error(_ message: String) {
         let line = "error: " + message.replacingNewlines() + "\n"

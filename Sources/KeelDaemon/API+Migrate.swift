@@ -1,0 +1,116 @@
+import Hummingbird
+import KeelCPU
+import KeelDomain
+import KeelMigration
+import KeelQEMU
+
+/// Live migration to a peer `keeld`.
+extension API {
+    static let migrationEndpoints: [(HTTPRequest.Method, String)] = [
+        (.post, "/v1/domains/{name}/migrate"),
+    ]
+
+    func registerMigration(on router: Router<Context>) {
+        router.post("/v1/domains/{name}/migrate") { request, context in try await self.migrate(try Self.name(context), request) }
+    }
+
+    /// Migrates a running domain to the peer named by `destination` and answers once the
+    /// destination owns the guest (or the migration failed and the guest is back here).
+    func migrate(_ name: String, _ request: Request) async throws -> Response {
+        let body = try await JSONBody.decode(APIModels.MigrateRequest.self, from: request)
+        guard let migration else {
+            throw QEMUError(.unsupported, "migration is not available in this keeld")
+        }
+        let destination = try PeerEndpoint(parsing: body.destination)
+        if let bandwidth = body.bandwidth, bandwidth < 1 { throw APIError.badRequest("bandwidth must be at least 1 MiB/s") }
+        let live = body.live ?? true
+        let options = MigrationOptions(live: live, paused: body.paused ?? false, persistent: body.persistent ?? false,
+                                       dryRun: body.dryRun ?? false, tlsStream: false)
+        let migrationRequest = MigrationService.Request(
+            destination: destination, options: options, undefineSource: body.undefineSource ?? false,
+            stream: .init(maxDowntimeMilliseconds: body.maxDowntime, bandwidthMiBps: body.bandwidth)
+        )
+        let result = try await gated("migrate", name) { _ in
+            let result = try await migration.migrate(name: name, request: migrationRequest)
+            // A failure fails the job (its log line and metrics), with the protocol's reason.
+            try Self.requireSuccess(result, name: name, destination: destination)
+            return result
+        }
+        let machine = result.machine
+        var running: Bool?
+        var restorable: Bool?
+        switch machine.outcome {
+        case .migrated(let onDestination): running = onDestination
+        case .accepted(let verdict): restorable = verdict?.restorable ?? true
+        case nil: break
+        }
+        return try JSONBody.response(APIModels.MigrateResult(
+            name: name, job: "migrate", destination: destination.description, protocol: machine.version?.rawValue,
+            state: try driver.state(of: name).0.rawValue, runningOnDestination: running, dryRun: options.dryRun,
+            restorable: restorable, warnings: machine.warnings,
+            downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed
+        ))
+    }
+
+    /// Throws the migration's failure as the driver's error, with the CPU features of a refusal.
+    static func requireSuccess(_ result: MigrationService.Result, name: String, destination: PeerEndpoint) throws {
+        let machine = result.machine
+        guard machine.phase != .completed else { return }
+        var error = machine.error ?? MigrationError(.operationFailed, "the migration ended in \(machine.phase.rawValue)")
+        if result.aborted && machine.phase == .failed {
+            error = MigrationError(.aborted, "operation aborted: migration-out of '\(name)' cancelled by client")
+        }
+        var message = error.message
+        if machine.phase == .outcomeUnknown {
+            message = "the outcome is unknown: the guest stays paused here until the destination answers (\(error.message))"
+        }
+        let features = (error.verdict?.missing ?? []).map(\.feature) + (error.verdict?.extra ?? []).map(\.feature)
+        throw QEMUError(code(error.code), "migration of '\(name)' to \(destination) failed: \(message)", features: features)
+    }
+
+    static func code(_ code: MigrationError.Code) -> QEMUError.Code {
+        switch code {
+        case .incompatibleCPU: .incompatibleCPU
+        case .invalidArgument, .invalidCookie: .invalidArgument
+        case .invalidState: .invalidState
+        case .unsupported, .unsupportedProtocol: .unsupported
+        case .timeout: .timeout
+        case .processExited: .processExited
+        case .protocolViolation: .protocolViolation
+        case .aborted: .aborted
+        default: .io
+        }
+    }
+}
+
+extension APIModels {
+    struct MigrateRequest: Codable, Sendable {
+        /// `tls://HOST:PORT` or `tcp://HOST:PORT`: the destination keeld's peer listener.
+        var destination: String
+        var live: Bool?
+        var paused: Bool?
+        var persistent: Bool?
+        var undefineSource: Bool?
+        var dryRun: Bool?
+        /// Milliseconds.
+        var maxDowntime: UInt64?
+        /// MiB/s.
+        var bandwidth: UInt64?
+    }
+
+    struct MigrateResult: Codable, Sendable {
+        var name: String
+        var job: String
+        var destination: String
+        var `protocol`: Int?
+        /// The domain's state on this host afterwards (`shutoff` once migrated).
+        var state: String
+        var runningOnDestination: Bool?
+        var dryRun: Bool
+        var restorable: Bool?
+        var warnings: [String]
+        /// Milliseconds, as QEMU measured them.
+        var downtime: UInt64?
+        var totalTime: UInt64?
+    }
+}

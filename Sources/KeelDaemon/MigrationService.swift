@@ -1,0 +1,621 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Glibc
+import KeelCPU
+import KeelDomain
+import KeelMigration
+import KeelQEMU
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// `keeld`'s side of live migration: it drives `MigrationSource` for an outgoing migration (the
+/// API's `migrate`) and a `MigrationDestination` for each peer that connects, performing their
+/// actions with the driver and the peer channel and feeding the results back.
+///
+/// The machines decide; this only performs, with deadlines: every phase that waits for a peer
+/// or a local step is bounded, the QEMU stream by its progress. The machine's phase is written to
+/// `STATE/run/NAME.migration.json` before the actions of each transition are performed.
+final class MigrationService: Sendable {
+    let holder: DriverHolder
+    let tls: PeerTLS?
+    let listen: PeerEndpoint?
+    let host: MigrationMessage.HostIdentity
+    /// The protocol versions this host speaks (`--migration-protocol` narrows them).
+    let versions: [MigrationProtocolVersion]
+    let logger: Logger
+
+    init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion], logger: Logger) throws {
+        self.holder = holder
+        self.tls = tls
+        self.listen = listen
+        self.versions = versions
+        self.logger = logger
+        // The UUID `keel capabilities` reports: STATE/host-uuid, else /etc/machine-id. Two keelds on
+        // one machine are two hosts only with their own STATE/host-uuid.
+        host = MigrationMessage.HostIdentity(name: Self.hostName(), uuid: HostCapabilities.hostUUID(stateDirectory: holder.stateDirectory))
+    }
+
+    var driver: Driver { holder.driver }
+
+    /// How long a peer message or a local step may take.
+    static let stepDeadline: Duration = .seconds(120)
+    /// How long the destination waits for `finish` while the stream runs.
+    static let streamDeadline: Duration = .seconds(6 * 3600)
+
+    // MARK: the source
+
+    /// What an outgoing migration asks for.
+    struct Request: Sendable {
+        var destination: PeerEndpoint
+        var options: MigrationOptions
+        var undefineSource: Bool
+        var stream: MigrationSource.StreamParameters
+    }
+
+    /// What an outgoing migration ended with.
+    struct Result: Sendable {
+        var machine: MigrationSource
+        /// Whether `domjobabort` cancelled the stream (the destination may report its own
+        /// reaction to that first).
+        var aborted: Bool
+    }
+
+    private enum SourceInput: Sendable {
+        case event(MigrationSource.Event)
+        case tick
+    }
+
+    /// Migrates `name` to the destination and returns the final machine (completed or failed).
+    ///
+    /// - Throws: `QEMUError` when nothing started (the domain does not run, the peer cannot be
+    ///   reached or refuses the TLS handshake): the guest is untouched.
+    func migrate(name: String, request: Request) async throws -> Result {
+        let driver = self.driver
+        let domain = try driver.outgoingMigration(name: name)
+        let connection = try await PeerChannel.connect(to: request.destination, tls: tls)
+        var machine = MigrationSource(request: .init(
+            domain: domain, host: host, options: request.options, undefineSource: request.undefineSource,
+            stream: request.stream, versions: versions
+        ))
+        let logger = self.logger
+        let (inputs, continuation) = AsyncStream<SourceInput>.makeStream()
+        let job = driver.beginMigrationJob(name: name, incoming: false)
+        defer { job.finish() }
+        var iterator = inputs.makeAsyncIterator()
+        try? await connection.executeThenClose { inbound, outbound in
+            await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await Self.readFrames(inbound) { continuation.yield(.event($0.map { .received($0) } ?? .peerLost)) }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .milliseconds(250))
+                        continuation.yield(.tick)
+                    }
+                }
+                var since = ContinuousClock.now
+                var actions = machine.handle(.start)
+                machineLoop: while true {
+                    self.persist(name: name, role: "source", phase: machine.phase.rawValue, version: machine.version, uri: machine.streamURI,
+                                 peer: request.destination.description, uuid: domain.migratable.uuid, running: domain.running,
+                                 undefine: request.undefineSource)
+                    for action in actions {
+                        switch action {
+                        case .send(let message):
+                            do {
+                                try await outbound.write(PeerChannel.frame(message))
+                            } catch {
+                                continuation.yield(.event(.peerLost))
+                            }
+                        case .warn(let text):
+                            logger.warning("migration", metadata: ["domain": "\(name)", "warning": "\(text)"])
+                        case .pauseGuest:
+                            do {
+                                try await driver.pauseForMigration(name: name)
+                                continuation.yield(.event(.guestPaused))
+                            } catch {
+                                continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                            }
+                        case .startMigration(let uri, let parameters):
+                            do {
+                                try await driver.startOutgoingMigration(name: name, uri: uri, parameters: parameters)
+                                group.addTask {
+                                    do {
+                                        let statistics = try await driver.waitOutgoingMigration(name: name, job: job)
+                                        continuation.yield(.event(.streamCompleted(statistics)))
+                                    } catch {
+                                        continuation.yield(.event(Self.isDead(driver, name) ? .qemuExited : .operationFailed(Self.migrationError(error))))
+                                    }
+                                }
+                            } catch {
+                                continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                            }
+                        case .cancelMigration:
+                            await driver.cancelOutgoingMigration(name: name)
+                        case .resumeGuest:
+                            do {
+                                try await driver.resumeAfterMigration(name: name)
+                            } catch {
+                                logger.error("migration: cannot resume the guest", metadata: ["domain": "\(name)", "error": "\(error)"])
+                            }
+                        case .stopQEMU:
+                            await driver.stopMigratedQEMU(name: name)
+                        case .markMigrated(let undefine):
+                            driver.markMigrated(name: name, undefine: undefine)
+                        case .queryDestination:
+                            let version = machine.version ?? .current
+                            let identity = MigrationMessage.DomainIdentity(name: name, uuid: domain.migratable.uuid ?? "")
+                            let destination = request.destination
+                            let tls = self.tls
+                            group.addTask {
+                                let answer = await Self.query(destination, tls: tls, version: version, domain: identity, logger: logger)
+                                continuation.yield(.event(answer.map { .received($0) } ?? .timedOut))
+                            }
+                        }
+                    }
+                    if machine.phase == .completed || machine.phase == .failed { break }
+                    let phase = machine.phase
+                    var event: MigrationSource.Event?
+                    while event == nil {
+                        guard let input = await iterator.next() else { event = .peerLost; break }
+                        switch input {
+                        case .event(let received):
+                            event = received
+                        case .tick:
+                            switch machine.awaiting {
+                            case .message, .local:
+                                if ContinuousClock.now - since > Self.stepDeadline { event = .timedOut }
+                            case .resolution:
+                                // The destination did not answer for long: stop waiting here;
+                                // the guest stays paused until an operator decides.
+                                if ContinuousClock.now - since > .seconds(300) { break machineLoop }
+                            case .stream, .nothing:
+                                break
+                            }
+                        }
+                    }
+                    guard let event else { break }
+                    actions = machine.handle(event)
+                    if machine.phase != phase { since = .now }
+                }
+                group.cancelAll()
+            }
+        }
+        continuation.finish()
+        removeRecord(name)
+        if machine.phase != .completed && machine.phase != .failed {
+            // The channel ended the loop: settle by the machine's own rules.
+            for action in machine.handle(.peerLost) {
+                if case .resumeGuest = action { try? await driver.resumeAfterMigration(name: name) }
+                if case .cancelMigration = action { await driver.cancelOutgoingMigration(name: name) }
+            }
+        }
+        return Result(machine: machine, aborted: job.aborted)
+    }
+
+    /// Asks the destination what it holds of `domain` on a new channel, retrying for a while.
+    private static func query(_ destination: PeerEndpoint, tls: PeerTLS?, version: MigrationProtocolVersion,
+                              domain: MigrationMessage.DomainIdentity, logger: Logger, attempts: Int = 60) async -> MigrationMessage? {
+        for attempt in 0..<attempts {
+            if attempt > 0 { try? await Task.sleep(for: .seconds(1)) }
+            do {
+                let connection = try await PeerChannel.connect(to: destination, tls: tls)
+                let reply: MigrationMessage? = try await connection.executeThenClose { inbound, outbound in
+                    try await outbound.write(PeerChannel.frame(MigrationMessage(version, .query(domain))))
+                    var decoder = MigrationFrame.Decoder()
+                    for try await buffer in inbound {
+                        decoder.append(buffer.readableBytesView)
+                        if let message = try decoder.next() { return message }
+                    }
+                    return nil
+                }
+                if let reply { return reply }
+            } catch {
+                logger.info("migration: the destination does not answer yet", metadata: ["domain": "\(domain.name)", "error": "\(error)"])
+            }
+        }
+        return nil
+    }
+
+    // MARK: the destination
+
+    private enum DestinationInput: Sendable {
+        case event(MigrationDestination.Event)
+        case tick
+    }
+
+    /// Serves one peer connection: a `query`, or a whole incoming migration.
+    func serve(_ connection: PeerConnection) async {
+        let driver = self.driver
+        let logger = self.logger
+        let local = connection.channel.localAddress?.ipAddress ?? listen?.host ?? "127.0.0.1"
+        var machine = MigrationDestination(configuration: .init(host: host, versions: versions))
+        let (inputs, continuation) = AsyncStream<DestinationInput>.makeStream()
+        var name: String?
+        var hadDefinition = true
+        var capabilities: QEMUCapabilities?
+        var job: Driver.MigrationJob?
+        var resumeWanted = false
+        var iterator = inputs.makeAsyncIterator()
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        await Self.readFrames(inbound) { continuation.yield(.event($0.map { .received($0) } ?? .peerLost)) }
+                    }
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .milliseconds(250))
+                            continuation.yield(.tick)
+                        }
+                    }
+                    var since = ContinuousClock.now
+                    loop: while true {
+                        let phase = machine.phase
+                        var event: MigrationDestination.Event?
+                        while event == nil {
+                            guard let input = await iterator.next() else { break loop }
+                            switch input {
+                            case .event(.received(let message)):
+                                if case .query(let identity) = message.body, machine.phase == .idle {
+                                    // A query on a fresh channel: answered from the registry.
+                                    let presence = driver.migrationPresence(name: identity.name)
+                                    try await outbound.write(PeerChannel.frame(MigrationMessage(message.version, .queryReply(presence))))
+                                    break loop
+                                }
+                                if case .finish(let finish) = message.body {
+                                    resumeWanted = finish.resume && !machine.options.paused
+                                }
+                                event = .received(message)
+                            case .event(let received):
+                                event = received
+                            case .tick:
+                                if machine.qemuMayExist, let name, Self.isDead(driver, name),
+                                   ![.idle, .negotiated, .deciding, .startingQEMU, .completed, .failed].contains(machine.phase) {
+                                    event = .qemuExited
+                                    break
+                                }
+                                switch machine.awaiting {
+                                case .message, .local:
+                                    if ContinuousClock.now - since > Self.stepDeadline { event = .timedOut }
+                                case .stream:
+                                    if ContinuousClock.now - since > Self.streamDeadline { event = .timedOut }
+                                case .nothing:
+                                    break
+                                }
+                            }
+                        }
+                        guard let event else { break }
+                        let actions = machine.handle(event)
+                        if machine.phase != phase { since = .now }
+                        if name == nil, let domain = machine.domain { name = domain.name }
+                        if let name {
+                            self.persist(name: name, role: "destination", phase: machine.phase.rawValue, version: machine.version, uri: nil,
+                                         peer: machine.source?.name ?? "", running: resumeWanted)
+                        }
+                        for action in actions {
+                            switch action {
+                            case .send(let message):
+                                do {
+                                    try await outbound.write(PeerChannel.frame(message))
+                                } catch {
+                                    continuation.yield(.event(.peerLost))
+                                }
+                            case .decideCPU(let incoming, let definition):
+                                do {
+                                    let plan = try await driver.planIncoming(definition: definition, incoming: incoming)
+                                    capabilities = plan.capabilities
+                                    hadDefinition = plan.hadDefinition
+                                    continuation.yield(.event(.cpuDecided(plan.verdict)))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .startQEMU(let definition, let check, _):
+                                do {
+                                    guard let capabilities else { throw QEMUError(.invalidState, "no capabilities for the incoming QEMU") }
+                                    job = driver.beginMigrationJob(name: definition.name, incoming: true)
+                                    try await driver.startIncoming(definition: definition, check: check, capabilities: capabilities)
+                                    continuation.yield(.event(.qemuStarted))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .checkLiveCPU(let check):
+                                do {
+                                    try await driver.checkIncomingCPU(name: name ?? "", check: check, original: machine.definition?.cpu)
+                                    continuation.yield(.event(.liveCPUChecked))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .acceptStream:
+                                do {
+                                    let uri = try await driver.listenIncoming(name: name ?? "", host: local)
+                                    continuation.yield(.event(.listening(uri: uri)))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .awaitIncomingCompletion:
+                                let target = name ?? ""
+                                if let job {
+                                    group.addTask {
+                                        do {
+                                            try await driver.waitIncomingMigration(name: target, job: job)
+                                            continuation.yield(.event(.incomingCompleted))
+                                        } catch {
+                                            continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                        }
+                                    }
+                                }
+                            case .commitDefinition(let definition, let persistent):
+                                do {
+                                    try driver.commitIncoming(name: definition.name, definition: definition, persistent: persistent)
+                                    // The guest is this host's now: a restarted keeld must not
+                                    // stop it as an interrupted incoming job.
+                                    job?.finish()
+                                    continuation.yield(.event(.definitionCommitted))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .resumeGuest:
+                                do {
+                                    try await driver.resumeAfterMigration(name: name ?? "")
+                                    continuation.yield(.event(.guestResumed))
+                                } catch {
+                                    continuation.yield(.event(.operationFailed(Self.migrationError(error))))
+                                }
+                            case .killQEMU:
+                                if let name { driver.killIncoming(name: name) }
+                            case .discardDefinition:
+                                if let name, !hadDefinition { driver.store.removeDefinition(name) }
+                            }
+                        }
+                        if machine.phase == .completed || machine.phase == .failed {
+                            // The source's `confirm` is informative; wait for it briefly.
+                            if machine.phase == .completed, !machine.options.dryRun {
+                                let limit = ContinuousClock.now + .seconds(2)
+                                while !machine.confirmed, ContinuousClock.now < limit, let input = await iterator.next() {
+                                    if case .event(let event) = input { _ = machine.handle(event) }
+                                }
+                            }
+                            break
+                        }
+                    }
+                    group.cancelAll()
+                }
+            }
+        } catch {
+            logger.info("migration: peer channel closed", metadata: ["error": "\(error)"])
+        }
+        continuation.finish()
+        job?.finish()
+        if machine.phase != .completed && machine.phase != .failed {
+            // The channel ended the loop: settle by the machine's own rules.
+            for action in machine.handle(.peerLost) {
+                if case .killQEMU = action, let name { driver.killIncoming(name: name) }
+                if case .discardDefinition = action, let name, !hadDefinition { driver.store.removeDefinition(name) }
+            }
+        }
+        if let name {
+            removeRecord(name)
+            logger.info("incoming migration", metadata: [
+                "domain": "\(name)", "phase": "\(machine.phase.rawValue)", "protocol": "\(machine.version.map(\.description) ?? "-")",
+                "error": "\(machine.error?.message ?? "-")",
+            ])
+        }
+    }
+
+    // MARK: helpers
+
+    /// Reads frames until the channel ends; `deliver(nil)` once at the end.
+    private static func readFrames(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>, _ deliver: @Sendable (MigrationMessage?) -> Void) async {
+        var decoder = MigrationFrame.Decoder()
+        do {
+            for try await buffer in inbound {
+                decoder.append(buffer.readableBytesView)
+                while let message = try decoder.next() {
+                    deliver(message)
+                }
+            }
+        } catch {
+            // A broken channel or a malformed frame: the peer is gone either way.
+        }
+        deliver(nil)
+    }
+
+    private static func isDead(_ driver: Driver, _ name: String) -> Bool {
+        guard let status = try? driver.store.status(name) else { return true }
+        return !QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket).isAlive
+    }
+
+    /// A driver error in the protocol's terms.
+    static func migrationError(_ error: any Error) -> MigrationError {
+        if let error = error as? MigrationError { return error }
+        if let error = error as? QEMUError {
+            switch error.code {
+            case .incompatibleCPU:
+                let problems = error.features.map { CPUVerdict.Problem(feature: $0, reason: "differs from the source's") }
+                return MigrationError(.incompatibleCPU, error.message, verdict: CPUVerdict(missing: problems))
+            case .timeout: return MigrationError(.timeout, error.message)
+            case .processExited: return MigrationError(.processExited, error.message)
+            case .aborted: return MigrationError(.aborted, error.message)
+            case .invalidArgument, .alreadyExists: return MigrationError(.invalidArgument, error.message)
+            case .unsupported: return MigrationError(.unsupported, error.message)
+            case .invalidState: return MigrationError(.invalidState, error.message)
+            default: return MigrationError(.operationFailed, error.message)
+            }
+        }
+        return MigrationError(.operationFailed, "\(error)")
+    }
+
+    struct Record: Codable {
+        var role: String
+        var phase: String
+        var version: Int?
+        var uri: String?
+        /// The source: the destination's address; the destination: the source's host name.
+        var peer: String
+        var pid: Int32
+        var uuid: String?
+        /// Whether the guest ran when the migration began (the source resumes only then).
+        var running: Bool?
+        var undefine: Bool?
+    }
+
+    /// Persists the machine's phase before its actions are performed.
+    private func persist(name: String, role: String, phase: String, version: MigrationProtocolVersion?, uri: String?, peer: String,
+                         uuid: String? = nil, running: Bool? = nil, undefine: Bool? = nil) {
+        let record = Record(role: role, phase: phase, version: version?.rawValue, uri: uri, peer: peer, pid: getpid(),
+                            uuid: uuid, running: running, undefine: undefine)
+        guard let data = try? JSONEncoder().encode(record) else { return }
+        let path = recordPath(name)
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let bytes = [UInt8](data)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
+        fsync(fd)
+        close(fd)
+        if !written || rename(temporary, path) != 0 { unlink(temporary) }
+    }
+
+    private func recordPath(_ name: String) -> String { holder.stateDirectory + "/run/\(name).migration.json" }
+
+    private func removeRecord(_ name: String) { unlink(recordPath(name)) }
+
+    /// The record of an interrupted migration of `name` left by another (dead) process.
+    func interruptedRecord(_ name: String) -> Record? {
+        guard let bytes = try? readAll(recordPath(name)), let record = try? JSONDecoder().decode(Record.self, from: Data(bytes)),
+              record.pid != getpid(), kill(record.pid, 0) != 0
+        else { return nil }
+        return record
+    }
+
+    /// Settles migrations a previous `keeld` left behind (after the driver's job recovery,
+    /// which cancelled streams that had not completed and stopped uncommitted incoming QEMUs).
+    ///
+    /// A source that had sent `finish` (phases `finishing`, `outcomeUnknown`) does not know who
+    /// holds the guest: it keeps the guest paused and asks the destination — `running` or
+    /// `paused` there: stop here and mark migrated; `absent`: resume here; no answer: leave it
+    /// paused and say so. Never a blind resume.
+    func resolveInterrupted() async {
+        let driver = self.driver
+        for file in (try? Self.list(holder.stateDirectory + "/run")) ?? [] where file.hasSuffix(".migration.json") {
+            let name = String(file.dropLast(".migration.json".count))
+            guard let record = interruptedRecord(name) else { continue }
+            defer { removeRecord(name) }
+            if record.role == "destination", record.phase == "committing" || record.phase == "resuming",
+               driver.migrationPresence(name: name) == .paused {
+                // The takeover was committed (job recovery left the guest alone): finish it, as
+                // the destination's machine would have.
+                if record.running ?? false {
+                    try? await driver.resumeAfterMigration(name: name)
+                }
+                logger.notice("an interrupted incoming migration completed", metadata: ["domain": "\(name)", "resumed": "\(record.running ?? false)"])
+                continue
+            }
+            guard record.role == "source", record.phase == "finishing" || record.phase == "outcomeUnknown" else {
+                logger.notice("an interrupted migration was settled by job recovery", metadata: [
+                    "domain": "\(name)", "role": "\(record.role)", "phase": "\(record.phase)",
+                ])
+                continue
+            }
+            guard driver.migrationPresence(name: name) != .absent else {
+                logger.warning("an interrupted migration: the source QEMU is gone", metadata: ["domain": "\(name)"])
+                continue
+            }
+            logger.warning("an interrupted migration: the guest stays paused until the destination says who holds it", metadata: [
+                "domain": "\(name)", "phase": "\(record.phase)", "destination": "\(record.peer)",
+            ])
+            var answer: MigrationMessage.DomainPresence?
+            if let destination = try? PeerEndpoint(parsing: record.peer) {
+                let identity = MigrationMessage.DomainIdentity(name: name, uuid: record.uuid ?? "")
+                let version = record.version.map { MigrationProtocolVersion(rawValue: $0) } ?? .current
+                for _ in 0..<10 {
+                    guard let reply = await Self.query(destination, tls: tls, version: version, domain: identity, logger: logger, attempts: 5),
+                          case .queryReply(let presence) = reply.body
+                    else { break }
+                    if presence != .incoming {
+                        answer = presence
+                        break
+                    }
+                    // The destination is still taking over by itself; ask again.
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+            switch answer {
+            case .running?, .paused?:
+                await driver.stopMigratedQEMU(name: name)
+                driver.markMigrated(name: name, undefine: record.undefine ?? false)
+                logger.notice("an interrupted migration completed: the destination holds the guest", metadata: ["domain": "\(name)"])
+            case .absent?:
+                if record.running ?? true {
+                    try? await driver.resumeAfterMigration(name: name)
+                }
+                logger.notice("an interrupted migration failed: the guest stays here", metadata: ["domain": "\(name)"])
+            case .incoming?, nil:
+                logger.error("an interrupted migration: the destination did not say who holds the guest; it stays paused here", metadata: [
+                    "domain": "\(name)", "destination": "\(record.peer)",
+                ])
+            }
+        }
+    }
+
+    private static func list(_ directory: String) throws -> [String] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    private func readAll(_ path: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw QEMUError(.notFound, path) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count <= 0 { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// Listens for peers and serves each connection (`keeld --listen`).
+struct PeerListenerService: Service {
+    let service: MigrationService
+    let endpoint: PeerEndpoint
+
+    func run() async throws {
+        let server = try await PeerChannel.listen(on: endpoint, tls: service.tls)
+        service.logger.info("listening for peers", metadata: ["address": "\(endpoint)"])
+        if endpoint.scheme == .tcp {
+            service.logger.warning("the peer channel is plaintext (--insecure): anyone who reaches \(endpoint) can migrate guests here")
+        }
+        try await withGracefulShutdownHandler {
+            try await server.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await connection in inbound {
+                        group.addTask { await service.serve(connection) }
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
+        }
+    }
+}
