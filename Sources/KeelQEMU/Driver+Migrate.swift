@@ -130,7 +130,7 @@ extension Driver {
     /// Pauses the guest (an offline migration).
     public func pauseForMigration(name: String) async throws {
         let status = try liveStatus(name)
-        try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(5), commandDeadline: .seconds(10)) { client in
+        _ = try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(5), commandDeadline: .seconds(10)) { client in
             try await client.execute("stop")
         }
     }
