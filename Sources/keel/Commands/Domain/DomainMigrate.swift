@@ -17,7 +17,13 @@ struct DomainMigrate: AsyncParsableCommand {
 
     @OptionGroup var options: DriverOptions
     @Argument(help: "Domain name.") var name: String
-    @Argument(help: "The destination: tls://HOST:PORT or tcp://HOST:PORT.") var destination: String
+    @Argument(help: "The destination: tls://HOST:PORT or tcp://HOST:PORT (or --to).") var destinationArgument: String?
+    @Option(name: .customLong("to"), help: "The destination: tls://HOST:PORT or tcp://HOST:PORT.") var to: String?
+    @Flag(help: "Migrate the guest while it runs (the default; the opposite of --offline).") var live = false
+    @Flag(name: .customLong("tls-stream"), help: "Carry the QEMU stream over TLS too (not supported yet).") var tlsStream = false
+
+    /// The destination, from the argument or `--to`.
+    var destination: String { to ?? destinationArgument ?? "" }
     @Flag(help: "Make the domain persistent on the destination.") var persistent = false
     @Flag(name: [.customLong("undefinesource"), .customLong("undefine-source")], help: "Remove the definition here once migrated.") var undefineSource = false
     @Flag(help: "Pause the guest before the stream (offline migration) instead of migrating it live.") var offline = false
@@ -29,6 +35,15 @@ struct DomainMigrate: AsyncParsableCommand {
 
     func validate() throws {
         try DomainStore.validate(name: name)
+        switch (destinationArgument, to) {
+        case (nil, nil): throw ValidationError("name the destination: keel migrate NAME --to tls://HOST:PORT")
+        case (.some, .some): throw ValidationError("name the destination once: as an argument or with --to")
+        default: break
+        }
+        if live && offline { throw ValidationError("--live and --offline contradict each other") }
+        if tlsStream {
+            throw ValidationError("--tls-stream is not supported yet: the peer channel is TLS, but the stream between the two QEMUs is plain TCP")
+        }
         guard destination.hasPrefix("tls://") || destination.hasPrefix("tcp://") else {
             throw ValidationError("the destination must be tls://HOST:PORT or tcp://HOST:PORT")
         }
