@@ -21,7 +21,7 @@ public struct PeerEndpoint: Sendable, Hashable, CustomStringConvertible {
     ///
     /// - Throws: `QEMUError` `.invalidArgument` naming what is wrong.
     public init(parsing text: String) throws {
-        guard let range = text.range(of: "://"), let scheme = Scheme(rawValue: String(text[..<range.lowerBound])) else {
+        guard let range = text.firstRange(of: "://"), let scheme = Scheme(rawValue: String(text[..<range.lowerBound])) else {
             throw QEMUError(.invalidArgument, "'\(text)' is not a peer address: use tls://HOST:PORT or tcp://HOST:PORT")
         }
         var rest = Substring(text[range.upperBound...])
