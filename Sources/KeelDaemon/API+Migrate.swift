@@ -32,12 +32,12 @@ extension API {
         )
         let bus = self.bus
         let target = destination.description
-        let result = try await gated("migrate", name, publishing: { result in
+        let result = try await gated("migrate", name, publishing: { (result: MigrationService.Result) -> [DomainEvent] in
             guard case .migrated? = result.machine.outcome else { return [] }
             var events = [DomainEvent(.migrated, domain: name, detail: target)]
             if migrationRequest.undefineSource { events.append(DomainEvent(.undefined, domain: name, detail: "migrated")) }
             return events
-        }) { _ in
+        }) { (_: Driver) async throws -> MigrationService.Result in
             // A dry run moves nothing: it has no events.
             if !options.dryRun { bus.publish(DomainEvent(.migrating, domain: name, detail: target)) }
             do {
