@@ -25,31 +25,58 @@ extension API {
         if let bandwidth = body.bandwidth, bandwidth < 1 { throw APIError.badRequest("bandwidth must be at least 1 MiB/s") }
         let live = body.live ?? true
         let options = MigrationOptions(live: live, paused: body.paused ?? false, persistent: body.persistent ?? false,
-                                       dryRun: body.dryRun ?? false, tlsStream: false)
+                                       dryRun: body.dryRun ?? false, tlsStream: body.tlsStream ?? false)
         let migrationRequest = MigrationService.Request(
             destination: destination, options: options, undefineSource: body.undefineSource ?? false,
-            stream: .init(maxDowntimeMilliseconds: body.maxDowntime, bandwidthMiBps: body.bandwidth)
+            stream: .init(maxDowntimeMilliseconds: body.maxDowntime, bandwidthMiBps: body.bandwidth, tls: options.tlsStream)
         )
-        let result = try await gated("migrate", name) { _ in
-            let result = try await migration.migrate(name: name, request: migrationRequest)
-            // A failure fails the job (its log line and metrics), with the protocol's reason.
-            try Self.requireSuccess(result, name: name, destination: destination)
-            return result
+        let bus = self.bus
+        let target = destination.description
+        let result = try await gated("migrate", name, publishing: { (result: MigrationService.Result) -> [DomainEvent] in
+            guard case .migrated? = result.machine.outcome else { return [] }
+            var events = [DomainEvent(.migrated, domain: name, detail: target)]
+            if migrationRequest.undefineSource { events.append(DomainEvent(.undefined, domain: name, detail: "migrated")) }
+            return events
+        }) { (_: Driver) async throws -> MigrationService.Result in
+            // A dry run moves nothing: it has no events.
+            if !options.dryRun { bus.publish(DomainEvent(.migrating, domain: name, detail: target)) }
+            do {
+                let result = try await migration.migrate(name: name, request: migrationRequest)
+                // A dry run's CPU refusal is its answer, not a failure of the job.
+                if options.dryRun, Self.refusedVerdict(result) != nil { return result }
+                // A failure fails the job (its log line and metrics), with the protocol's reason.
+                try Self.requireSuccess(result, name: name, destination: destination)
+                return result
+            } catch {
+                if !options.dryRun { bus.publish(DomainEvent(.migrationFailed, domain: name, detail: APIError(error).message)) }
+                throw error
+            }
         }
         let machine = result.machine
         var running: Bool?
-        var restorable: Bool?
+        var verdict: CPUVerdict?
         switch machine.outcome {
         case .migrated(let onDestination): running = onDestination
-        case .accepted(let verdict): restorable = verdict?.restorable ?? true
-        case nil: break
+        case .accepted(let accepted): verdict = accepted ?? CPUVerdict()
+        case nil: verdict = Self.refusedVerdict(result)
         }
+        let domain = machine.request.domain
         return try JSONBody.response(APIModels.MigrateResult(
             name: name, job: "migrate", destination: destination.description, protocol: machine.version?.rawValue,
             state: try driver.state(of: name).0.rawValue, runningOnDestination: running, dryRun: options.dryRun,
-            restorable: restorable, warnings: machine.warnings,
-            downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed
+            restorable: verdict.map(\.restorable), warnings: machine.warnings,
+            downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed,
+            cpu: options.dryRun ? (domain.updatedCPU ?? domain.migratable.cpu)?.model : nil,
+            missing: verdict.map { $0.missing.map { FeatureBody($0.feature, reason: $0.reason) } },
+            extra: verdict.map { $0.extra.map { FeatureBody($0.feature, reason: $0.reason) } },
+            reasons: verdict?.reasons
         ))
+    }
+
+    /// The destination's refusal of the guest CPU, when that is how the migration ended.
+    static func refusedVerdict(_ result: MigrationService.Result) -> CPUVerdict? {
+        guard result.machine.phase == .failed, let error = result.machine.error, error.code == .incompatibleCPU else { return nil }
+        return error.verdict
     }
 
     /// Throws the migration's failure as the driver's error, with the CPU features of a refusal.
@@ -92,6 +119,8 @@ extension APIModels {
         var persistent: Bool?
         var undefineSource: Bool?
         var dryRun: Bool?
+        /// Carry QEMU's stream over QEMU's TLS with both hosts' peer identities.
+        var tlsStream: Bool?
         /// Milliseconds.
         var maxDowntime: UInt64?
         /// MiB/s.
@@ -112,5 +141,10 @@ extension APIModels {
         /// Milliseconds, as QEMU measured them.
         var downtime: UInt64?
         var totalTime: UInt64?
+        /// Dry run: the guest CPU's model, and the destination's verdict feature by feature.
+        var cpu: String?
+        var missing: [FeatureBody]?
+        var extra: [FeatureBody]?
+        var reasons: [String]?
     }
 }

@@ -89,10 +89,10 @@ public struct Daemon: Sendable {
         }
         let tls = try configuration.tlsDirectory.map { try PeerTLS(directory: $0) }
         let versions = configuration.migrationVersions.map { MigrationProtocolVersion(rawValue: $0) }
-        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger)
+        let bus = EventBus(bufferLimit: configuration.eventBufferLimit)
+        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger, bus: bus)
         await migration.resolveInterrupted()
         let gates = DomainGateRegistry()
-        let bus = EventBus(bufferLimit: configuration.eventBufferLimit)
         let watcher = DomainWatcher(holder: holder, gates: gates, bus: bus, logger: logger)
         var api = API(
             holder: holder, gates: gates, metrics: DaemonMetrics(), jobTimeout: configuration.jobTimeout, logger: logger,

@@ -20,6 +20,12 @@ import KeelQEMU
 struct DomainEvent: Sendable, Hashable, Encodable {
     enum Kind: String, Sendable, Hashable, Encodable, CaseIterable {
         case defined, undefined, started, paused, resumed, saved, restored, stopped, crashed, shutdown
+        /// Migration: the source's job began (detail: the destination), the guest left for the
+        /// destination (detail: the destination), an incoming migration was accepted here
+        /// (detail: the source host), a migration failed (detail: why; the guest stays on the
+        /// source).
+        case migrating, migrated, incoming
+        case migrationFailed = "migration-failed"
         case jobProgress = "job-progress"
         case overflow
     }

@@ -98,7 +98,10 @@ final class DomainWatcher: Service, Sendable {
     /// Publishes the exit of `exit.pid` when no job of this daemon did; holds the domain's gate.
     private func report(_ exit: DomainExit, name: String) {
         let driver = holder.driver
-        let unaccounted = (try? driver.store.status(name))?.pid == exit.pid
+        let status = try? driver.store.status(name)
+        // An incoming migration's QEMU is the migration's to report (`migration-failed`).
+        if let status, status.pid == exit.pid, status.reason == Driver.incomingReason { return }
+        let unaccounted = status?.pid == exit.pid
         let event: DomainEvent
         switch exit.cause {
         case .guestShutdown:

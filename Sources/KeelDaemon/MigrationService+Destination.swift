@@ -23,13 +23,18 @@ extension MigrationService {
         let driver = self.driver
         let logger = self.logger
         let local = connection.channel.localAddress?.ipAddress ?? listen?.host ?? "127.0.0.1"
-        var machine = MigrationDestination(configuration: .init(host: host, versions: versions))
+        var machine = MigrationDestination(configuration: .init(host: host, versions: versions, tlsStream: tls != nil))
+        let streamTLS = tls.map { MigrationStreamTLS(identity: $0.directory, endpoint: .server) }
         let (inputs, continuation) = AsyncStream<DestinationInput>.makeStream()
         var name: String?
         var hadDefinition = true
         var capabilities: QEMUCapabilities?
         var job: Driver.MigrationJob?
         var resumeWanted = false
+        // Whether `incoming` was published: from then on this host's events tell how it ended.
+        var announced = false
+        let bus = self.bus
+        let observer = bus.map { bus in DomainJob.Observer { domain, job in bus.publish(.progress(domain, job)) } }
         var iterator = inputs.makeAsyncIterator()
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -107,7 +112,7 @@ extension MigrationService {
                             case .startQEMU(let definition, let check, _):
                                 do {
                                     guard let capabilities else { throw QEMUError(.invalidState, "no capabilities for the incoming QEMU") }
-                                    job = driver.beginMigrationJob(name: definition.name, incoming: true)
+                                    job = DomainJob.$observer.withValue(observer) { driver.beginMigrationJob(name: definition.name, incoming: true) }
                                     try await driver.startIncoming(definition: definition, check: check, capabilities: capabilities)
                                     continuation.yield(.event(.qemuStarted))
                                 } catch {
@@ -122,7 +127,11 @@ extension MigrationService {
                                 }
                             case .acceptStream:
                                 do {
-                                    let uri = try await driver.listenIncoming(name: name ?? "", host: local)
+                                    let uri = try await driver.listenIncoming(name: name ?? "", host: local,
+                                                                              tls: machine.options.tlsStream ? streamTLS : nil)
+                                    logger.info("migration: the incoming QEMU listens", metadata: [
+                                        "domain": "\(name ?? "")", "uri": "\(uri)", "tls": "\(machine.options.tlsStream)",
+                                    ])
                                     continuation.yield(.event(.listening(uri: uri)))
                                 } catch {
                                     continuation.yield(.event(.operationFailed(Self.migrationError(error))))
@@ -162,6 +171,9 @@ extension MigrationService {
                                 if let name, !hadDefinition { driver.store.removeDefinition(name) }
                             }
                         }
+                        if let name, machine.phase != phase {
+                            announced = self.publishIncoming(machine, name: name, announced: announced, hadDefinition: hadDefinition)
+                        }
                         if machine.phase == .completed || machine.phase == .failed {
                             // The source's `confirm` is informative; wait for it briefly.
                             if machine.phase == .completed, !machine.options.dryRun {
@@ -188,12 +200,49 @@ extension MigrationService {
                 if case .discardDefinition = action, let name, !hadDefinition { driver.store.removeDefinition(name) }
             }
         }
+        if let name, announced, machine.phase == .failed {
+            bus?.publish(DomainEvent(.migrationFailed, domain: name, detail: machine.error?.message ?? "the incoming migration failed"))
+        }
+        if let name, machine.options.tlsStream, machine.phase == .completed, !machine.options.dryRun {
+            // The stream is over: the guest keeps no credentials (a failure killed the QEMU and
+            // removed them).
+            await driver.disableMigrationTLS(name: name)
+        }
         if let name {
             removeRecord(name)
             logger.info("incoming migration", metadata: [
                 "domain": "\(name)", "phase": "\(machine.phase.rawValue)", "protocol": "\(machine.version.map(\.description) ?? "-")",
                 "error": "\(machine.error?.message ?? "-")",
             ])
+        }
+    }
+
+    /// The destination's events at a change of phase: `incoming` once Prepare is accepted (the
+    /// QEMU listens), then `defined` (a persistent migration) and `started` (detail `migrated`,
+    /// then `paused` when it stays paused) once this host owns the guest, or `migration-failed`.
+    /// A refusal in Prepare publishes nothing: nothing of the guest was here.
+    ///
+    /// - Returns: whether `incoming` was published.
+    private func publishIncoming(_ machine: MigrationDestination, name: String, announced: Bool, hadDefinition: Bool) -> Bool {
+        guard let bus, !machine.options.dryRun else { return announced }
+        switch machine.phase {
+        case .prepared where !announced:
+            bus.publish(DomainEvent(.incoming, domain: name, detail: machine.source?.name))
+            return true
+        case .completed where announced:
+            if machine.options.persistent {
+                bus.publish(DomainEvent(.defined, domain: name, detail: hadDefinition ? "updated" : "added"))
+            }
+            bus.publish(DomainEvent(.started, domain: name, detail: "migrated"))
+            if !machine.running {
+                bus.publish(DomainEvent(.paused, domain: name, detail: "migrated"))
+            }
+            return true
+        case .failed where announced:
+            bus.publish(DomainEvent(.migrationFailed, domain: name, detail: machine.error?.message ?? "the incoming migration failed"))
+            return false
+        default:
+            return announced
         }
     }
 }

@@ -27,9 +27,13 @@ final class MigrationService: Sendable {
     /// The protocol versions this host speaks (`--migration-protocol` narrows them).
     let versions: [MigrationProtocolVersion]
     let logger: Logger
+    /// Where the destination side publishes its events (the source's are the API job's).
+    let bus: EventBus?
 
-    init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion], logger: Logger) throws {
+    init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion], logger: Logger,
+         bus: EventBus? = nil) throws {
         self.holder = holder
+        self.bus = bus
         self.tls = tls
         self.listen = listen
         self.versions = versions
@@ -76,6 +80,14 @@ final class MigrationService: Sendable {
     func migrate(name: String, request: Request) async throws -> Result {
         let driver = self.driver
         let domain = try driver.outgoingMigration(name: name)
+        var streamTLS: MigrationStreamTLS?
+        if request.options.tlsStream {
+            guard let tls else {
+                throw QEMUError(.invalidArgument, "--tls-stream needs this keeld's TLS identity for QEMU's TLS: start keeld with --tls-dir DIR")
+            }
+            // The destination's certificate must carry the name the user migrates to.
+            streamTLS = MigrationStreamTLS(identity: tls.directory, endpoint: .client, hostname: request.destination.host)
+        }
         let connection = try await PeerChannel.connect(to: request.destination, tls: tls)
         var machine = MigrationSource(request: .init(
             domain: domain, host: host, options: request.options, undefineSource: request.undefineSource,
@@ -122,7 +134,8 @@ final class MigrationService: Sendable {
                             }
                         case .startMigration(let uri, let parameters):
                             do {
-                                try await driver.startOutgoingMigration(name: name, uri: uri, parameters: parameters)
+                                try await driver.startOutgoingMigration(name: name, uri: uri, parameters: parameters,
+                                                                        tls: parameters.tls ? streamTLS : nil)
                                 group.addTask {
                                     do {
                                         let statistics = try await driver.waitOutgoingMigration(name: name, job: job)
@@ -193,6 +206,10 @@ final class MigrationService: Sendable {
                 if case .resumeGuest = action { try? await driver.resumeAfterMigration(name: name) }
                 if case .cancelMigration = action { await driver.cancelOutgoingMigration(name: name) }
             }
+        }
+        if streamTLS != nil {
+            // A guest that stays here keeps no credentials for a later, plain migration.
+            await driver.disableMigrationTLS(name: name)
         }
         return Result(machine: machine, aborted: job.aborted)
     }

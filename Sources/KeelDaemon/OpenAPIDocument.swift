@@ -1241,7 +1241,7 @@ enum OpenAPIDocument {
         ],
         "summary": "Stream lifecycle events and job progress",
         "operationId": "streamEvents",
-        "description": "A reply that stays open: `application/x-ndjson` in chunked transfer encoding, one `DomainEvent` JSON object per line, from the moment the reply's head is sent until the client disconnects or keeld shuts down (the stream then ends cleanly). Nothing is replayed: only events after the subscription are sent.\n\nEvents come from every job keeld runs, after it succeeds (define → `defined`; undefine → `undefined`; start → `started`, or `restored` when it restored the managed-save image; suspend/resume → `paused`/`resumed`; save and managedsave → `saved`; restore → `restored`; destroy → `stopped` with detail `destroyed`; a start or restore that leaves the guest paused adds `paused`), from what happens to a guest's QEMU without a job of keeld (`shutdown` with detail `guest` when the guest powered off, also in answer to a shutdown request; `stopped` with QEMU's reason — `host-qmp-quit`, `host-signal`, `host-ui` — when QEMU was told to quit by someone else; `crashed` when it died without shutting down, or on a guest panic or host error), and from long jobs: `job-progress` about every 500 ms and at every change of QEMU's migration status while a save, managed save or restore runs (detail: that status; the last one is `completed`, `failed` or `cancelled`). Jobs run by an embedded `keel` on the same state directory send no events of their own; their guests' exits are seen.\n\nSlow clients never slow keeld: each subscriber has a bounded buffer (keeld's `--event-buffer`, 1024 events by default). When it is full the oldest buffered events are dropped, and an `overflow` line (no `domain`; detail `N events dropped`) stands exactly where they were.",
+        "description": "A reply that stays open: `application/x-ndjson` in chunked transfer encoding, one `DomainEvent` JSON object per line, from the moment the reply's head is sent until the client disconnects or keeld shuts down (the stream then ends cleanly). Nothing is replayed: only events after the subscription are sent.\n\nEvents come from every job keeld runs, after it succeeds (define → `defined`; undefine → `undefined`; start → `started`, or `restored` when it restored the managed-save image; suspend/resume → `paused`/`resumed`; save and managedsave → `saved`; restore → `restored`; destroy → `stopped` with detail `destroyed`; a start or restore that leaves the guest paused adds `paused`), from what happens to a guest's QEMU without a job of keeld (`shutdown` with detail `guest` when the guest powered off, also in answer to a shutdown request; `stopped` with QEMU's reason — `host-qmp-quit`, `host-signal`, `host-ui` — when QEMU was told to quit by someone else; `crashed` when it died without shutting down, or on a guest panic or host error), and from long jobs: `job-progress` about every 500 ms and at every change of QEMU's migration status while a save, managed save or restore runs (detail: that status; the last one is `completed`, `failed` or `cancelled`). Migrations: the source's job sends `migrating` (detail: the destination), `job-progress` while the stream runs, then `migrated` (detail: the destination; plus `undefined` with detail `migrated` when the source's definition is removed) or `migration-failed` (detail: why; the guest stays here); the destination sends `incoming` (detail: the source host) once it accepted Prepare and its QEMU listens, `job-progress` while the stream comes in, then `defined` (a persistent migration), `started` with detail `migrated` (and `paused` with detail `migrated` when the guest stays paused) once it owns the guest, or `migration-failed` when it gives up. A destination that refuses in Prepare (the CPU verdict, a cookie) sends nothing; dry runs send nothing. Jobs run by an embedded `keel` on the same state directory send no events of their own; their guests' exits are seen.\n\nSlow clients never slow keeld: each subscriber has a bounded buffer (keeld's `--event-buffer`, 1024 events by default). When it is full the oldest buffered events are dropped, and an `overflow` line (no `domain`; detail `N events dropped`) stands exactly where they were.",
         "parameters": [
           {
             "name": "domain",
@@ -1295,7 +1295,7 @@ enum OpenAPIDocument {
             "$ref": "#/components/parameters/DomainName"
           }
         ],
-        "description": "Live-migrates a running domain to the keeld listening at `destination` (job `migrate`), over the peer channel (mutual TLS for `tls://`, keeld needs `--tls-dir`; plaintext for `tcp://`) with the protocol of docs/protocols/migration.md. The destination judges the guest CPU before any QEMU starts and refuses naming each feature with its CPUID bits (422); it pins the CPU completely and verifies it before it accepts QEMU's stream. Progress and abort through the domain's job. On any failure before the switch-over the guest keeps running here.",
+        "description": "Live-migrates a running domain to the keeld listening at `destination` (job `migrate`), over the peer channel (mutual TLS for `tls://`, keeld needs `--tls-dir`; plaintext for `tcp://`) with the protocol of docs/protocols/migration.md. The destination judges the guest CPU before any QEMU starts and refuses naming each feature with its CPUID bits (422); it pins the CPU completely and verifies it before it accepts QEMU's stream. QEMU's stream goes directly between the two QEMUs over TCP; with `tlsStream` it goes over QEMU's TLS (`tls-creds-x509` from both keelds' `--tls-dir`, the destination's certificate checked against the host of `destination`), and a destination that cannot do that (no TLS identity, protocol 1, an older keeld) is refused before the guest moves. A dry run answers 200 with the destination's verdict (`restorable`, `missing`, `extra`, `reasons`, `cpu`), also when it refuses. Progress and abort through the domain's job; events `migrating`, `job-progress`, then `migrated` (and `undefined`) or `migration-failed` here, `incoming`, then `started` (or `migration-failed`) on the destination. On any failure before the switch-over the guest keeps running here.",
         "requestBody": {
           "required": true,
           "content": {
@@ -1308,7 +1308,7 @@ enum OpenAPIDocument {
         },
         "responses": {
           "200": {
-            "description": "The destination owns the guest (or, for a dry run, can reproduce its CPU).",
+            "description": "The destination owns the guest; for a dry run, the destination's verdict (`restorable` false when it refuses).",
             "content": {
               "application/json": {
                 "schema": {
@@ -2423,13 +2423,17 @@ enum OpenAPIDocument {
               "stopped",
               "crashed",
               "shutdown",
+              "migrating",
+              "migrated",
+              "incoming",
+              "migration-failed",
               "job-progress",
               "overflow"
             ]
           },
           "detail": {
             "type": "string",
-            "description": "Free-form, optional: `added`/`updated` (defined), `booted` (started), `user`, `start` or `restore` (paused), `user` (resumed), the image path (saved, restored), `destroyed` or QEMU's reason (stopped), `guest` (shutdown), why (crashed), QEMU's migration status (job-progress), `N events dropped` (overflow)."
+            "description": "Free-form, optional: `added`/`updated` (defined), `booted` (started), `user`, `start` or `restore` (paused), `user` (resumed), the image path (saved, restored), `destroyed` or QEMU's reason (stopped), `guest` (shutdown), why (crashed), QEMU's migration status (job-progress), `N events dropped` (overflow), the destination (migrating, migrated), the source host (incoming), why (migration-failed), `migrated` (started, paused and undefined of a migration)."
           },
           "job": {
             "$ref": "#/components/schemas/JobProgress"
@@ -2512,6 +2516,10 @@ enum OpenAPIDocument {
             "type": "boolean",
             "description": "Only ask the destination for its CPU verdict."
           },
+          "tlsStream": {
+            "type": "boolean",
+            "description": "Carry QEMU's stream over QEMU's TLS with both keelds' `--tls-dir` identities (the destination's certificate must name the host of `destination`); refused before the guest moves when the destination cannot."
+          },
           "maxDowntime": {
             "type": "integer",
             "format": "int64",
@@ -2559,7 +2567,8 @@ enum OpenAPIDocument {
             "type": "boolean"
           },
           "restorable": {
-            "type": "boolean"
+            "type": "boolean",
+            "description": "Dry run: whether the destination can reproduce the guest CPU."
           },
           "warnings": {
             "type": "array",
@@ -2577,6 +2586,32 @@ enum OpenAPIDocument {
             "type": "integer",
             "format": "int64",
             "description": "Milliseconds, as QEMU measured them."
+          },
+          "cpu": {
+            "type": "string",
+            "description": "Dry run: the guest CPU's model.",
+            "example": "qemu64"
+          },
+          "missing": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/CPUFeature"
+            },
+            "description": "Dry run: features the destination cannot give the guest, with their CPUID bits."
+          },
+          "extra": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/CPUFeature"
+            },
+            "description": "Dry run: features the destination would add."
+          },
+          "reasons": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "Dry run: other reasons the CPU cannot be reproduced."
           }
         }
       }

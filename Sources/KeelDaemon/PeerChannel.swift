@@ -58,9 +58,12 @@ public struct PeerEndpoint: Sendable, Hashable, CustomStringConvertible {
 public struct PeerTLS: Sendable {
     let server: NIOSSLContext
     let client: NIOSSLContext
+    /// The directory the identity was read from (QEMU's TLS for the stream reads it too).
+    let directory: String
 
     /// - Throws: `QEMUError` naming the file that is missing or unusable.
     public init(directory: String) throws {
+        self.directory = directory
         func certificates(_ file: String) throws -> [NIOSSLCertificate] {
             let path = directory + "/" + file
             do {

@@ -24,10 +24,14 @@ public struct MigrationDestination: Sendable {
         public var host: MigrationMessage.HostIdentity
         /// The protocol versions spoken, highest first.
         public var versions: [MigrationProtocolVersion]
+        /// Whether this host has the TLS material to accept QEMU's stream over TLS.
+        public var tlsStream: Bool
 
-        public init(host: MigrationMessage.HostIdentity, versions: [MigrationProtocolVersion] = MigrationProtocolVersion.supported) {
+        public init(host: MigrationMessage.HostIdentity, versions: [MigrationProtocolVersion] = MigrationProtocolVersion.supported,
+                    tlsStream: Bool = false) {
             self.host = host
             self.versions = versions
+            self.tlsStream = tlsStream
         }
     }
 
@@ -185,7 +189,9 @@ public struct MigrationDestination: Sendable {
         case .listening(let uri):
             guard phase == .openingStream, let version, let domain else { return [] }
             phase = .prepared
-            return [.send(MigrationMessage(version, .prepareReply(.init(cookie: ownCookie(domain).formatted(), uri: uri))))]
+            return [.send(MigrationMessage(version, .prepareReply(.init(
+                cookie: ownCookie(domain).formatted(), uri: uri, tlsStream: options.tlsStream && version.carriesTLSStream
+            ))))]
         case .incomingCompleted:
             guard phase == .finishing, let definition else { return [] }
             phase = .committing
@@ -288,6 +294,12 @@ public struct MigrationDestination: Sendable {
             return failLocally(error)
         } catch {
             return failLocally(MigrationError(.invalidArgument, "\(error)"))
+        }
+        if options.tlsStream && !(configuration.tlsStream && version.carriesTLSStream) {
+            // Never a plaintext stream for a guest the source wanted carried over TLS.
+            return failLocally(MigrationError(.unsupported, version.carriesTLSStream
+                ? "this host has no TLS identity for the migration stream (start keeld with --tls-dir DIR)"
+                : "migration protocol \(version) cannot carry the stream over TLS"))
         }
         self.definition = definition
         // Protocol 1 knows neither the cookie's CPU nor the ABI record: a peer speaking it

@@ -112,6 +112,7 @@ private struct WireMessage: Codable {
     var running: Bool?
     var error: WireError?
     var state: String?
+    var tlsStream: Bool?
 
     init(protocol version: Int, type: String) {
         self.protocol = version
@@ -136,6 +137,7 @@ private struct WireMessage: Codable {
             cookie = reply.cookie
             uri = reply.uri
             verdict = reply.verdict.map(WireVerdict.init)
+            if reply.tlsStream { tlsStream = true }
         case .perform, .confirm:
             break
         case .finish(let finish):
@@ -174,7 +176,7 @@ private struct WireMessage: Codable {
         case "prepare":
             body = .prepare(.init(xml: try need(xml, "xml"), cookie: try need(cookie, "cookie"), options: try need(options, "options").options))
         case "prepare-reply":
-            body = .prepareReply(.init(cookie: try need(cookie, "cookie"), uri: uri, verdict: try verdict?.verdict()))
+            body = .prepareReply(.init(cookie: try need(cookie, "cookie"), uri: uri, verdict: try verdict?.verdict(), tlsStream: tlsStream ?? false))
         case "perform":
             body = .perform
         case "finish":

@@ -127,11 +127,15 @@ public struct MigrationMessage: Sendable, Hashable {
         public var uri: String?
         /// The destination's CPU verdict (always acceptable here: a refusal is an `abort`).
         public var verdict: CPUVerdict?
+        /// The destination's QEMU accepts the stream only over TLS (QEMU's `tls-creds`). A
+        /// destination that does not know the option never says so, and the source refuses.
+        public var tlsStream: Bool
 
-        public init(cookie: String, uri: String?, verdict: CPUVerdict? = nil) {
+        public init(cookie: String, uri: String?, verdict: CPUVerdict? = nil, tlsStream: Bool = false) {
             self.cookie = cookie
             self.uri = uri
             self.verdict = verdict
+            self.tlsStream = tlsStream
         }
     }
 

@@ -24,6 +24,11 @@ public struct MigrationProtocolVersion: RawRepresentable, Sendable, Hashable, Co
     /// that the destination can pin and verify the guest CPU.
     public var carriesGuestCPU: Bool { rawValue >= 2 }
 
+    /// Whether a destination speaking this version confirms in `prepare-reply` that its QEMU
+    /// accepts the stream only over TLS (`tlsStream`); a source never sends the guest over TLS
+    /// to a version that cannot say so.
+    public var carriesTLSStream: Bool { rawValue >= 2 }
+
     public static func < (lhs: MigrationProtocolVersion, rhs: MigrationProtocolVersion) -> Bool {
         lhs.rawValue < rhs.rawValue
     }

@@ -325,6 +325,9 @@ public struct MigrationSource: Sendable {
         if MigrationCookie.normalizedUUID(reply.host.uuid) == MigrationCookie.normalizedUUID(request.host.uuid) {
             return failBeforeSwitchOver(MigrationError(.invalidArgument, "Attempt to migrate guest to the same host \(reply.host.uuid)"), notify: true)
         }
+        if request.options.tlsStream && !chosen.carriesTLSStream {
+            return failBeforeSwitchOver(MigrationError(.unsupported, "the destination \(reply.host.name) speaks migration protocol \(chosen), which cannot carry the stream over TLS: refusing --tls-stream rather than sending the guest in plaintext"), notify: true)
+        }
         version = chosen
         destination = reply.host
         var actions: [Action] = []
@@ -362,6 +365,9 @@ public struct MigrationSource: Sendable {
         }
         guard let uri = reply.uri else {
             return failBeforeSwitchOver(MigrationError(.protocolViolation, "the destination sent no URI for the stream"), notify: true)
+        }
+        if request.options.tlsStream && !reply.tlsStream {
+            return failBeforeSwitchOver(MigrationError(.unsupported, "the destination did not set up TLS for the stream (an older keeld?): refusing --tls-stream rather than sending the guest in plaintext"), notify: true)
         }
         streamURI = uri
         if !request.options.live && request.domain.running {

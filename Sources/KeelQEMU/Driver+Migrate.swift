@@ -54,9 +54,11 @@ extension Driver {
         )
     }
 
-    /// QMP `migrate` to `uri` with the stream parameters (unlimited bandwidth unless capped).
-    /// Returns once QEMU accepted the command; `waitOutgoingMigration` follows the stream.
-    public func startOutgoingMigration(name: String, uri: String, parameters: MigrationSource.StreamParameters) async throws {
+    /// QMP `migrate` to `uri` with the stream parameters (unlimited bandwidth unless capped),
+    /// over QEMU's TLS with `tls` (`disableMigrationTLS` removes it afterwards). Returns once
+    /// QEMU accepted the command; `waitOutgoingMigration` follows the stream.
+    public func startOutgoingMigration(name: String, uri: String, parameters: MigrationSource.StreamParameters,
+                                       tls: MigrationStreamTLS? = nil) async throws {
         let status = try liveStatus(name)
         try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
             var arguments: [String: QMP.Value] = [
@@ -66,6 +68,9 @@ extension Driver {
                 arguments["downtime-limit"] = .int(Int64(downtime))
             }
             try await client.execute("migrate-set-parameters", arguments: arguments)
+            if let tls {
+                try await self.enableMigrationTLS(tls, name: name, client: client)
+            }
             try await client.execute("migrate", arguments: ["uri": .string(uri)])
         }
     }
@@ -275,11 +280,15 @@ extension Driver {
         try store.save(status)
     }
 
-    /// `migrate-incoming tcp:HOST:0` and the URI QEMU really listens on (the port it chose).
-    public func listenIncoming(name: String, host: String) async throws -> String {
+    /// `migrate-incoming tcp:HOST:0` and the URI QEMU really listens on (the port it chose);
+    /// with `tls`, QEMU accepts the stream only over TLS from a peer of the same CA.
+    public func listenIncoming(name: String, host: String, tls: MigrationStreamTLS? = nil) async throws -> String {
         let status = try liveStatus(name)
         let address = host.contains(":") ? "[\(host)]" : host
         return try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
+            if let tls {
+                try await self.enableMigrationTLS(tls, name: name, client: client)
+            }
             try await client.execute("migrate-incoming", arguments: ["uri": .string("tcp:\(address):0")])
             let info = try await client.execute("query-migrate")
             for socket in info["socket-address"]?.arrayValue ?? [] {
@@ -322,6 +331,7 @@ extension Driver {
             QEMUProcess(pid: status.pid, qmpSocket: status.qmpSocket).terminate(grace: .milliseconds(500))
         }
         store.clearRuntime(name)
+        removeMigrationTLSDirectory(name)
     }
 
     /// What this host holds of `name`, for a peer's `query`: `incoming` while an incoming QEMU

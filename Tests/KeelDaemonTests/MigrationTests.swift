@@ -25,8 +25,9 @@ struct MigrationTests {
         let sourceHost: String
         let destinationHost: String
 
+        /// - Parameter destinationName: the destination's certificate names only this (no address).
         init(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil, destinationConfig: String? = nil,
-             network: Network? = nil) throws {
+             network: Network? = nil, destinationName: String? = nil) throws {
             sourceHost = network?.sourceAddress ?? "127.0.0.1"
             destinationHost = network?.destinationAddress ?? "127.0.0.1"
             pki = FileManager.default.temporaryDirectory.appendingPathComponent("keel-pki-\(UUID().uuidString.prefix(8))")
@@ -40,6 +41,12 @@ struct MigrationTests {
                 let other = pki.appendingPathComponent(destinationCA)
                 try Self.pki(other.path, hosts: ["b"])
                 destinationDirectory = other.appendingPathComponent("b").path
+            }
+            if let destinationName {
+                let script = Keeld.repository.appendingPathComponent("scripts/keel-pki.sh").path
+                let issued = try Subprocess.run("/bin/sh", [script, "host", pki.path, destinationName], timeout: 60)
+                guard issued.status == 0 else { throw UnixHTTP.Failure(description: "keel-pki host: \(issued.output)") }
+                destinationDirectory = pki.appendingPathComponent(destinationName).path
             }
             source = try Keeld(arguments: ["--tls-dir", pki.appendingPathComponent("a").path, "--listen", "tls://\(sourceHost):\(sourcePort)"] + sourceArguments)
             destination = try Keeld(arguments: ["--tls-dir", destinationDirectory, "--listen", "tls://\(destinationHost):\(destinationPort)"] + destinationArguments)
@@ -80,9 +87,11 @@ struct MigrationTests {
         }
 
         static func with(sourceArguments: [String] = [], destinationArguments: [String] = [], destinationCA: String? = nil,
-                         destinationConfig: String? = nil, network: Network? = nil, _ body: (Pair) async throws -> Void) async throws {
+                         destinationConfig: String? = nil, network: Network? = nil, destinationName: String? = nil,
+                         _ body: (Pair) async throws -> Void) async throws {
             let pair = try Pair(sourceArguments: sourceArguments, destinationArguments: destinationArguments,
-                                destinationCA: destinationCA, destinationConfig: destinationConfig, network: network)
+                                destinationCA: destinationCA, destinationConfig: destinationConfig, network: network,
+                                destinationName: destinationName)
             defer { pair.tearDown() }
             try await body(pair)
         }
@@ -206,6 +215,12 @@ struct MigrationTests {
             #expect(states.destination == "absent")
             #expect(!FileManager.default.fileExists(atPath: pair.destination.state + "/log/mig.log"), "no QEMU was started on the destination")
 
+            // keel prints the verdict: the guest can move, with its CPU model.
+            let text = try Subprocess.run(Self.keel, ["--connect", "unix:" + pair.source.socket, "migrate", "mig", "--to", pair.destinationURI, "--dry-run"], timeout: 60)
+            #expect(text.status == 0, "\(text.output)")
+            #expect(text.stdout == "Domain 'mig' can migrate to \(pair.destinationURI) with its CPU unchanged\nCPU model: qemu64\n", "\(text.stdout)")
+            #expect(try pair.states("mig").destination == "absent")
+
             let embedded = try Subprocess.run(Self.keel, ["--connect", "embed:" + pair.source.state, "migrate", "mig", pair.destinationURI], timeout: 60)
             #expect(embedded.status == 1)
             #expect(embedded.stderr.contains("migration runs in keeld"), "\(embedded.stderr)")
@@ -252,6 +267,8 @@ struct MigrationTests {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with(destinationConfig: DaemonTests.ceilingConfiguration) { pair in
             _ = try await pair.startGuest("mig")
+            let sourceEvents = try EventStream(socket: pair.source.socket, domain: "mig")
+            let destinationEvents = try EventStream(socket: pair.destination.socket, domain: "mig")
             let refused = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI])
             #expect(refused.status == 422, "\(refused.text)")
             #expect(refused.errorCode == "incompatible-cpu")
@@ -269,6 +286,25 @@ struct MigrationTests {
             #expect(!FileManager.default.fileExists(atPath: pair.destination.state + "/log/mig.log"), "no QEMU was started on the destination")
             let offset = pair.serialSize("mig")
             _ = try await pair.waitForTick("mig", beyond: 0, after: offset)
+
+            // The events: the source tried and failed, naming cx16; the destination saw nothing.
+            let sent = sourceEvents.collect { $0["event"] as? String == "migration-failed" }
+            #expect(Self.lifecycle(sent) == ["migrating", "migration-failed"], "\(sent)")
+            #expect((sent.last?["detail"] as? String)?.contains("cx16") == true, "\(sent)")
+            #expect(destinationEvents.next(timeout: 2) == nil, "nothing started on the destination")
+
+            // The dry run's verdict: 200 with the refusal, and keel prints it with the bits and the model.
+            let verdict = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "dryRun": true])
+            #expect(verdict.status == 200, "\(verdict.text)")
+            #expect(verdict.json["restorable"] as? Bool == false)
+            #expect(verdict.json["cpu"] as? String == "qemu64")
+            #expect((verdict.json["missing"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["cx16"])
+            let text = try Subprocess.run(Self.keel, ["--connect", "unix:" + pair.source.socket, "migrate", "mig", "--to", pair.destinationURI, "--dry-run"], timeout: 60)
+            #expect(text.status == 1, "\(text.output)")
+            #expect(text.stdout.hasPrefix("Domain 'mig' cannot migrate to \(pair.destinationURI): missing cx16 (CPUID[eax=0x1,ecx=0x0].ECX bit 13): "), "\(text.stdout)")
+            #expect(text.stdout.hasSuffix("\nCPU model: qemu64\n"), "\(text.stdout)")
+            #expect(sourceEvents.next(timeout: 1) == nil, "a dry run sends no events")
+            #expect(try pair.states("mig").source == "running")
         }
     }
 

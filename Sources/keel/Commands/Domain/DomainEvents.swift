@@ -72,6 +72,13 @@ struct DomainEvents: AsyncParsableCommand {
             // libvirt reports these as a stop and a start with the reason as detail.
             let words = event.event == "saved" ? "Stopped Saved" : "Started Restored"
             return prefix + words + (detail.map { " (\($0))" } ?? "")
+        case "migrating", "migrated", "incoming", "migration-failed":
+            // libvirt's source reports a stop, migrated; the rest has no libvirt event.
+            let words: [String: String] = [
+                "migrating": "Migrating to", "migrated": "Stopped Migrated to", "incoming": "Incoming Migration from",
+                "migration-failed": "Migration Failed:",
+            ]
+            return prefix + (words[event.event] ?? event.event) + (detail.map { " " + $0 } ?? "")
         default:
             let words: [String: String] = [
                 "defined": "Defined", "undefined": "Undefined", "started": "Started", "paused": "Suspended", "resumed": "Resumed",

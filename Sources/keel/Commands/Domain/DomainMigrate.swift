@@ -1,4 +1,6 @@
 import ArgumentParser
+import KeelClient
+import KeelDomain
 import KeelQEMU
 
 /// `keel migrate NAME DESTURI`: live-migrates a running domain to another keeld.
@@ -10,8 +12,12 @@ struct DomainMigrate: AsyncParsableCommand {
             DESTURI is the destination keeld's peer listener: tls://HOST:PORT (mutual TLS; this \
             keeld needs --tls-dir) or tcp://HOST:PORT (plaintext). The destination judges the \
             guest CPU before any QEMU starts and refuses naming each feature with its CPUID bits; \
-            it pins the CPU completely and verifies it before it accepts the stream. Migration \
-            runs in keeld: the embedded driver cannot migrate. Progress: domjobinfo, domjobabort.
+            it pins the CPU completely and verifies it before it accepts the stream. The stream \
+            goes directly between the two QEMUs over TCP; --tls-stream carries it over QEMU's TLS \
+            with both keelds' --tls-dir identities (the destination's certificate must name the \
+            host of DESTURI). --dry-run prints the destination's verdict and moves nothing. \
+            Migration runs in keeld: the embedded driver cannot migrate. Progress: domjobinfo, \
+            domjobabort, keel events on both hosts.
             """
     )
 
@@ -20,7 +26,7 @@ struct DomainMigrate: AsyncParsableCommand {
     @Argument(help: "The destination: tls://HOST:PORT or tcp://HOST:PORT (or --to).") var destinationArgument: String?
     @Option(name: .customLong("to"), help: "The destination: tls://HOST:PORT or tcp://HOST:PORT.") var to: String?
     @Flag(help: "Migrate the guest while it runs (the default; the opposite of --offline).") var live = false
-    @Flag(name: .customLong("tls-stream"), help: "Carry the QEMU stream over TLS too (not supported yet).") var tlsStream = false
+    @Flag(name: .customLong("tls-stream"), help: "Carry the QEMU stream over QEMU's TLS too (both keelds need --tls-dir).") var tlsStream = false
 
     /// The destination, from the argument or `--to`.
     var destination: String { to ?? destinationArgument ?? "" }
@@ -41,9 +47,6 @@ struct DomainMigrate: AsyncParsableCommand {
         default: break
         }
         if live && offline { throw ValidationError("--live and --offline contradict each other") }
-        if tlsStream {
-            throw ValidationError("--tls-stream is not supported yet: the peer channel is TLS, but the stream between the two QEMUs is plain TCP")
-        }
         guard destination.hasPrefix("tls://") || destination.hasPrefix("tcp://") else {
             throw ValidationError("the destination must be tls://HOST:PORT or tcp://HOST:PORT")
         }
@@ -57,7 +60,7 @@ struct DomainMigrate: AsyncParsableCommand {
         let backend = DaemonBackend(socketPath: socket, timeout: try Connection.requestTimeout())
         let request = Wire.MigrateRequest(
             destination: destination, live: !offline, paused: paused, persistent: persistent, undefineSource: undefineSource,
-            dryRun: dryRun, maxDowntime: maxDowntime, bandwidth: bandwidth
+            dryRun: dryRun, tlsStream: tlsStream ? true : nil, maxDowntime: maxDowntime, bandwidth: bandwidth
         )
         let result: Wire.MigrateResult = try await driverCall {
             try await withProgress(backend: backend, domain: name, label: "Migration") {
@@ -77,12 +80,24 @@ struct DomainMigrate: AsyncParsableCommand {
             if let restorable = result.restorable { fields.append(("restorable", .bool(restorable))) }
             if let downtime = result.downtime { fields.append(("downtime", .int(Int(downtime)))) }
             if let total = result.totalTime { fields.append(("totalTime", .int(Int(total)))) }
+            if dryRun {
+                func list(_ features: [WireFeature]?) -> JSON {
+                    .array((features ?? []).map { feature in .object([
+                        ("name", .string(feature.name)), ("bits", .array(feature.bits.map { .string($0.description) })),
+                        ("reason", .string(feature.reason ?? "")),
+                    ]) })
+                }
+                fields += [("cpu", result.cpu.map(JSON.string) ?? .null), ("missing", list(result.missing)), ("extra", list(result.extra)),
+                           ("reasons", .array((result.reasons ?? []).map(JSON.string)))]
+            }
             Output.print(JSON.object(fields).text + "\n")
         } else if dryRun {
-            Output.print("Domain '\(name)' can migrate to \(result.destination): its CPU can be reproduced there\n")
+            Output.print(VerdictText.render(domain: name, can: "migrate to \(result.destination)", verdict: result.verdict, model: result.cpu))
         } else {
             Output.print("Domain '\(name)' migrated to \(result.destination)\n")
         }
+        // A dry run that the destination refuses fails, as restore's does.
+        if dryRun && result.restorable == false { throw ExitCode(1) }
     }
 }
 
@@ -94,6 +109,8 @@ extension Wire {
         var persistent: Bool
         var undefineSource: Bool
         var dryRun: Bool
+        /// Sent only when asked for.
+        var tlsStream: Bool?
         var maxDowntime: UInt64?
         var bandwidth: UInt64?
     }
@@ -109,5 +126,18 @@ extension Wire {
         var warnings: [String]
         var downtime: UInt64?
         var totalTime: UInt64?
+        /// Dry run: the guest CPU's model and the destination's verdict.
+        var cpu: String?
+        var missing: [WireFeature]?
+        var extra: [WireFeature]?
+        var reasons: [String]?
+
+        /// The destination's verdict (a dry run), with each feature's CPUID bits.
+        var verdict: CPUVerdict {
+            func problems(_ features: [WireFeature]?) -> [CPUVerdict.Problem] {
+                (features ?? []).map { CPUVerdict.Problem(feature: DaemonBackend.problem($0), reason: $0.reason ?? "") }
+            }
+            return CPUVerdict(missing: problems(missing), extra: problems(extra), reasons: reasons ?? [])
+        }
     }
 }

@@ -42,10 +42,8 @@ struct DomainRestore: AsyncParsableCommand {
                     ("reasons", .array(verdict.reasons.map(JSON.string))), ("domain", .string(plan.domain)),
                     ("cpu", plan.cpu.map(JSON.string) ?? .null),
                 ]).text + "\n")
-            } else if verdict.restorable {
-                Output.print("Domain '\(plan.domain)' can be restored on this host with its CPU unchanged\n")
             } else {
-                Output.print("Domain '\(plan.domain)' cannot be restored on this host: \(verdict.message)\n")
+                Output.print(VerdictText.render(domain: plan.domain, can: "be restored on this host", verdict: verdict))
             }
             if !verdict.restorable { throw ExitCode(1) }
             return
