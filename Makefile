@@ -4,6 +4,9 @@
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 CONFIG ?= release
+# Release builds link the Swift runtime and FoundationEssentials statically: only the code a
+# program uses is mapped (keeld idles 4 MiB smaller, keel starts without loading shared libraries).
+RELEASE_FLAGS ?= --static-swift-stdlib
 
 # Debian packages: building (libxml2), running guests (QEMU), the libvirt oracle (virsh and
 # libvirt's cpu_map), the test guest (nasm), the compressors libvirt uses for save images and
@@ -30,14 +33,14 @@ build: deps-build
 
 # The CLI alone: the CPU tools and interop.sh need no daemon.
 build-release: deps-build
-	$(SWIFT) build -c release --product keel $(SWIFT_FLAGS)
+	$(SWIFT) build -c release $(RELEASE_FLAGS) --product keel $(SWIFT_FLAGS)
 
 # The daemon, which the demo and the load benchmark run.
 build-daemon: deps-build
-	$(SWIFT) build -c release --product keeld $(SWIFT_FLAGS)
+	$(SWIFT) build -c release $(RELEASE_FLAGS) --product keeld $(SWIFT_FLAGS)
 
 build-bench: build-release
-	$(SWIFT) build -c release --product keel-bench $(SWIFT_FLAGS)
+	$(SWIFT) build -c release $(RELEASE_FLAGS) --product keel-bench $(SWIFT_FLAGS)
 
 ## make demo: the main job on built-in defaults, through a keeld it starts and stops.
 demo: deps-demo build-release build-daemon
@@ -56,7 +59,7 @@ bench: deps-test build-bench
 
 ## make bench-daemon: keeld with 50 defined and 20 running guests under 200 concurrent requests.
 bench-daemon: deps-demo build-release build-daemon
-	$(SWIFT) build -c release --product keel-load $(SWIFT_FLAGS)
+	$(SWIFT) build -c release $(RELEASE_FLAGS) --product keel-load $(SWIFT_FLAGS)
 	@benchmarks/daemon-load.sh "$$($(SWIFT) build -c release --show-bin-path)"
 
 ## make interop: Keel and libvirt restore each other's save images with the guest CPU unchanged.

@@ -22,6 +22,8 @@ struct API: Sendable {
     let watcher: DomainWatcher
     /// Live migration; nil in tests that build an API without it.
     var migration: MigrationService? = nil
+    /// Returns the heap's free pages to the kernel after jobs.
+    var trimmer = HeapTrimmer()
 
     var driver: Driver { holder.driver }
 
@@ -123,6 +125,7 @@ struct API: Sendable {
         ]
         if let error { metadata["error"] = "\(APIError(error).message)" }
         logger.log(level: error == nil ? .info : .warning, "job", metadata: metadata)
+        trimmer.jobEnded()
     }
 
     func simpleJob(

@@ -76,6 +76,9 @@ public struct Daemon: Sendable {
             ])
         }
         await autostartOnce(holder.driver, marker: Self.autostartMarker(socketPath: configuration.socketPath))
+        // Recovery and autostart parsed every definition and talked to every QEMU; what they
+        // freed goes back to the kernel before keeld idles.
+        HeapTrimmer.trim()
 
         let router = Router(context: DaemonRequestContext.self)
         router.add(middleware: ErrorMiddleware(routes: API.routes))
