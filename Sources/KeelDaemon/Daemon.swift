@@ -27,10 +27,15 @@ public struct DaemonConfiguration: Sendable {
     public var insecure: Bool
     /// The migration protocol versions spoken (a test narrows them to the previous one).
     public var migrationVersions: [Int]
+    /// Test-only (`keeld --test-hold ROLE:PHASE`, hidden): migration phases at which this keeld
+    /// stops and waits, so that a test can inject a fault at exactly that point (see
+    /// `MigrationService.hold`). Empty, as it always is in production, it does nothing.
+    public var testHolds: [String]
 
     public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil,
                 jobTimeout: Duration = .seconds(10), eventBufferLimit: Int = 1024,
-                listen: String? = nil, tlsDirectory: String? = nil, insecure: Bool = false, migrationVersions: [Int] = [2, 1]) {
+                listen: String? = nil, tlsDirectory: String? = nil, insecure: Bool = false, migrationVersions: [Int] = [2, 1],
+                testHolds: [String] = []) {
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
         self.group = group
@@ -40,6 +45,7 @@ public struct DaemonConfiguration: Sendable {
         self.tlsDirectory = tlsDirectory
         self.insecure = insecure
         self.migrationVersions = migrationVersions
+        self.testHolds = testHolds
     }
 }
 
@@ -93,7 +99,8 @@ public struct Daemon: Sendable {
         let tls = try configuration.tlsDirectory.map { try PeerTLS(directory: $0) }
         let versions = configuration.migrationVersions.map { MigrationProtocolVersion(rawValue: $0) }
         let bus = EventBus(bufferLimit: configuration.eventBufferLimit)
-        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions, logger: logger, bus: bus)
+        let migration = try MigrationService(holder: holder, tls: tls, listen: endpoint, versions: versions,
+                                             holds: Set(configuration.testHolds), logger: logger, bus: bus)
         await migration.resolveInterrupted()
         let gates = DomainGateRegistry()
         let watcher = DomainWatcher(holder: holder, gates: gates, bus: bus, logger: logger)

@@ -91,6 +91,7 @@ extension MigrationService {
                         if let name {
                             self.persist(name: name, role: "destination", phase: machine.phase.rawValue, version: machine.version, uri: nil,
                                          peer: machine.source?.name ?? "", running: resumeWanted)
+                            if machine.phase != phase { await self.hold(name: name, role: "destination", phase: machine.phase.rawValue) }
                         }
                         for action in actions {
                             switch action {

@@ -26,17 +26,20 @@ final class MigrationService: Sendable {
     let host: MigrationMessage.HostIdentity
     /// The protocol versions this host speaks (`--migration-protocol` narrows them).
     let versions: [MigrationProtocolVersion]
+    /// Test-only phases to hold at (`ROLE:PHASE`); empty in production.
+    let holds: Set<String>
     let logger: Logger
     /// Where the destination side publishes its events (the source's are the API job's).
     let bus: EventBus?
 
-    init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion], logger: Logger,
-         bus: EventBus? = nil) throws {
+    init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion],
+         holds: Set<String> = [], logger: Logger, bus: EventBus? = nil) throws {
         self.holder = holder
         self.bus = bus
         self.tls = tls
         self.listen = listen
         self.versions = versions
+        self.holds = holds
         self.logger = logger
         // The UUID `keel capabilities` reports: STATE/host-uuid, else /etc/machine-id. Two keelds on
         // one machine are two hosts only with their own STATE/host-uuid.
@@ -111,10 +114,15 @@ final class MigrationService: Sendable {
                 }
                 var since = ContinuousClock.now
                 var actions = machine.handle(.start)
+                var held: MigrationSource.Phase?
                 machineLoop: while true {
                     self.persist(name: name, role: "source", phase: machine.phase.rawValue, version: machine.version, uri: machine.streamURI,
                                  peer: request.destination.description, uuid: domain.migratable.uuid, running: domain.running,
-                                 undefine: request.undefineSource)
+                                 undefine: request.undefineSource, migrated: machine.phase == .completed && machine.guest == .destination)
+                    if held != machine.phase {
+                        held = machine.phase
+                        await self.hold(name: name, role: "source", phase: machine.phase.rawValue)
+                    }
                     for action in actions {
                         switch action {
                         case .send(let message):
@@ -293,13 +301,16 @@ final class MigrationService: Sendable {
         /// Whether the guest ran when the migration began (the source resumes only then).
         var running: Bool?
         var undefine: Bool?
+        /// The source: the destination owns the guest (phase `completed` after the switch-over;
+        /// not a dry run); what is left is to stop the QEMU here and mark the domain migrated.
+        var migrated: Bool?
     }
 
     /// Persists the machine's phase before its actions are performed.
     func persist(name: String, role: String, phase: String, version: MigrationProtocolVersion?, uri: String?, peer: String,
-                         uuid: String? = nil, running: Bool? = nil, undefine: Bool? = nil) {
+                         uuid: String? = nil, running: Bool? = nil, undefine: Bool? = nil, migrated: Bool? = nil) {
         let record = Record(role: role, phase: phase, version: version?.rawValue, uri: uri, peer: peer, pid: getpid(),
-                            uuid: uuid, running: running, undefine: undefine)
+                            uuid: uuid, running: running, undefine: undefine, migrated: migrated)
         guard let data = try? JSONEncoder().encode(record) else { return }
         let path = recordPath(name)
         let temporary = path + ".tmp"
@@ -310,6 +321,29 @@ final class MigrationService: Sendable {
         fsync(fd)
         close(fd)
         if !written || rename(temporary, path) != 0 { unlink(temporary) }
+    }
+
+    /// Test-only, and only with `keeld --test-hold ROLE:PHASE`: once the machine of `role` has
+    /// entered `phase` and persisted it, before its actions are performed, writes
+    /// `STATE/run/NAME.hold` and waits while that file exists (at most 10 minutes), so that a
+    /// test can kill a process or cut the link at exactly that point and then release it by
+    /// removing the file. Without the option (production) it returns at once.
+    func hold(name: String, role: String, phase: String) async {
+        let point = "\(role):\(phase)"
+        guard holds.contains(point) else { return }
+        let path = holder.stateDirectory + "/run/\(name).hold"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let bytes = Array((point + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        logger.warning("migration held for a test", metadata: ["domain": "\(name)", "at": "\(point)"])
+        let limit = ContinuousClock.now + .seconds(600)
+        while access(path, F_OK) == 0, ContinuousClock.now < limit {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        unlink(path)
+        logger.warning("migration released by the test", metadata: ["domain": "\(name)", "at": "\(point)"])
     }
 
     func recordPath(_ name: String) -> String { holder.stateDirectory + "/run/\(name).migration.json" }
@@ -327,8 +361,9 @@ final class MigrationService: Sendable {
     /// Settles migrations a previous `keeld` left behind (after the driver's job recovery,
     /// which cancelled streams that had not completed and stopped uncommitted incoming QEMUs).
     ///
-    /// A source that had sent `finish` (phases `finishing`, `outcomeUnknown`) does not know who
-    /// holds the guest: it keeps the guest paused and asks the destination — `running` or
+    /// A source that had its `finish-reply` (phase `completed` after the switch-over) stops its
+    /// QEMU and marks the domain migrated, as its machine would have. A source that had sent
+    /// `finish` (phases `finishing`, `outcomeUnknown`) does not know who holds the guest: it keeps the guest paused and asks the destination — `running` or
     /// `paused` there: stop here and mark migrated; `absent`: resume here; no answer: leave it
     /// paused and say so. Never a blind resume.
     func resolveInterrupted() async {
@@ -345,6 +380,14 @@ final class MigrationService: Sendable {
                     try? await driver.resumeAfterMigration(name: name)
                 }
                 logger.notice("an interrupted incoming migration completed", metadata: ["domain": "\(name)", "resumed": "\(record.running ?? false)"])
+                continue
+            }
+            if record.role == "source", record.phase == "completed", record.migrated ?? false {
+                // The destination had answered `finish`: it owns the guest. The paused copy here
+                // must never run again; finish what the machine had begun.
+                await driver.stopMigratedQEMU(name: name)
+                driver.markMigrated(name: name, undefine: record.undefine ?? false)
+                logger.notice("an interrupted migration completed: the destination holds the guest", metadata: ["domain": "\(name)"])
                 continue
             }
             guard record.role == "source", record.phase == "finishing" || record.phase == "outcomeUnknown" else {

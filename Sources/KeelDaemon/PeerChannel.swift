@@ -112,6 +112,12 @@ enum PeerChannel {
     /// destination waiting for `finish` while the stream runs).
     static let keepalive = (idle: 5, interval: 2, count: 3)
 
+    /// `TCP_USER_TIMEOUT` in milliseconds: keepalive probes only an idle channel, so a frame
+    /// written into a cut link (`prepare`, `prepare-reply`) would be retransmitted for many
+    /// minutes; with this bound unacknowledged data also loses the peer after the keepalive's
+    /// time.
+    static let userTimeout = (keepalive.idle + keepalive.interval * keepalive.count) * 1000
+
     /// Connects to a peer and completes the TLS handshake (for `tls://`) before returning, so
     /// that a refused certificate is reported as such, before any migration state moves.
     ///
@@ -128,6 +134,7 @@ enum PeerChannel {
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive.idle)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive.interval)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: keepalive.count)
+                .channelOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: userTimeout)
                 .connect(host: endpoint.host, port: endpoint.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let promise = channel.eventLoop.makePromise(of: Void.self)
@@ -164,6 +171,7 @@ enum PeerChannel {
             .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive.idle)
             .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive.interval)
             .childChannelOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: keepalive.count)
+            .childChannelOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: userTimeout)
             .bind(host: endpoint.host, port: endpoint.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let context {

@@ -26,6 +26,9 @@ struct KeelD: AsyncParsableCommand {
     @Option(help: "The peer channel's TLS identity: a directory with ca.pem, cert.pem and key.pem.") var tlsDir: String?
     @Flag(help: "Accept a plaintext tcp:// peer listener.") var insecure = false
     @Option(help: .hidden) var migrationProtocol: Int?
+    /// Test-only: hold migrations at ROLE:PHASE (e.g. `destination:prepared`) until the test
+    /// removes STATE/run/NAME.hold.
+    @Option(help: .hidden) var testHold: [String] = []
 
     func validate() throws {
         guard stateDirectory.hasPrefix("/"), socketPath.hasPrefix("/") else {
@@ -34,6 +37,9 @@ struct KeelD: AsyncParsableCommand {
         guard jobTimeout >= 0, jobTimeout <= 3600 else { throw ValidationError("--job-timeout must be between 0 and 3600 seconds") }
         guard eventBuffer >= 1, eventBuffer <= 1 << 20 else { throw ValidationError("--event-buffer must be between 1 and 1048576 events") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+        for hold in testHold where !(hold.hasPrefix("source:") || hold.hasPrefix("destination:")) {
+            throw ValidationError("--test-hold takes source:PHASE or destination:PHASE, not '\(hold)'")
+        }
     }
 
     func run() async throws {
@@ -48,7 +54,7 @@ struct KeelD: AsyncParsableCommand {
             stateDirectory: stateDirectory, socketPath: socketPath, group: group,
             jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())), eventBufferLimit: eventBuffer,
             listen: listen, tlsDirectory: tlsDir, insecure: insecure,
-            migrationVersions: migrationProtocol.map { [$0] } ?? [2, 1]
+            migrationVersions: migrationProtocol.map { [$0] } ?? [2, 1], testHolds: testHold
         )
         do {
             try await Daemon(configuration: configuration, logger: logger).run()

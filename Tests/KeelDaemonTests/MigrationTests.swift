@@ -350,9 +350,13 @@ struct MigrationTests {
     /// 16 MiB/s, so that the stream lasts long enough to be interrupted.
     enum Fault: String, CaseIterable, Sendable {
         case destinationKeeld, destinationQEMU, sourceKeeld
+        /// The guest is lost with its QEMU (as it would be without a migration): it reads
+        /// `crashed` on the source, nothing runs anywhere.
+        case sourceQEMU
     }
 
-    @Test("a fault during the transfer leaves exactly one running guest, on the source, and the definitions agree", arguments: Fault.allCases)
+    @Test("a fault during the transfer leaves the guest on the source (running, or crashed with its QEMU), nothing on the destination, and the definitions agree",
+          arguments: Fault.allCases)
     func faultDuringTransfer(_ fault: Fault) async throws {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
@@ -379,8 +383,22 @@ struct MigrationTests {
                 kill(destinationPid, SIGKILL)
             case .sourceKeeld:
                 pair.source.stop(SIGKILL)
+            case .sourceQEMU:
+                kill(sourcePid, SIGKILL)
             }
             let answer = try? await request.value
+            if fault == .sourceQEMU {
+                #expect(answer?.errorCode == "process-exited", "\(answer?.text ?? "no answer")")
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    (try? pair.states("mig")).map { $0 == ("crashed", "absent") ? true : nil } ?? nil
+                }
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    isAlive(destinationPid) || !pair.destination.qemuProcesses().isEmpty ? nil : true
+                }
+                #expect(pair.source.qemuProcesses().isEmpty, "nothing runs anywhere")
+                #expect(try pair.source.get("/v1/domains/mig").json["persistent"] as? Bool == true, "the source keeps its definition")
+                return
+            }
             if fault != .sourceKeeld {
                 #expect(answer.map { $0.status >= 400 } == true, "\(answer?.text ?? "no answer")")
             }
