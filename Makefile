@@ -13,7 +13,7 @@ RELEASE_FLAGS ?= --static-swift-stdlib
 # openssl (certificates for the migration tests).
 BUILD_PACKAGES := libxml2-dev pkg-config
 RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
-TEST_PACKAGES := $(RUN_PACKAGES) openssl hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
+TEST_PACKAGES := $(RUN_PACKAGES) openssl iproute2 hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
 
 .PHONY: all build build-release build-daemon build-bench demo test deps-build deps-demo deps-test bench bench-daemon interop clean
 

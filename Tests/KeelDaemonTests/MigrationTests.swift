@@ -460,6 +460,12 @@ struct MigrationTests {
             #expect(try pair.source.get("/v1/domains/mig").json["state"] as? String != nil)
             switch fault {
             case .sourceKeeldRestarts:
+                // The record says finishing before `finish` is written: kill the source only once
+                // the frame waits in the frozen destination's receive queue.
+                let port = pair.destinationPort
+                _ = try await eventually(timeout: 30, interval: .milliseconds(100)) { () -> Bool? in
+                    unreadBytes(onLocalPort: port) > 0 ? true : nil
+                }
                 pair.source.stop(SIGKILL)
                 pair.destination.signal(SIGCONT)
                 _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
@@ -687,6 +693,16 @@ struct MigrationTests {
         #expect(throws: (any Error).self) { try keeld.start() }
         #expect(keeld.log().contains("--insecure"))
     }
+}
+
+/// Bytes received and not yet read on the established TCP sockets whose local port is `port`
+/// (the Recv-Q column of `ss`); 0 when `ss` cannot tell.
+func unreadBytes(onLocalPort port: Int) -> Int {
+    guard let listed = try? Subprocess.run("/usr/bin/ss", ["-tnH", "state", "established", "( sport = :\(port) )"], timeout: 10),
+          listed.status == 0 else { return 0 }
+    return listed.stdout.split(separator: "\n").compactMap { line in
+        line.split(separator: " ", omittingEmptySubsequences: true).first.flatMap { Int($0) }
+    }.reduce(0, +)
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
