@@ -104,10 +104,15 @@ struct API: Sendable {
         let observer = DomainJob.Observer { domain, job in bus.publish(.progress(domain, job)) }
         do {
             // The driver is taken once the gate is held, so a job that waited sees a reload.
-            let result = try await gates.gate(for: name).run(job, timeout: jobTimeout) {
-                let result = try await DomainJob.$observer.withValue(observer) { try await body(holder.driver) }
-                for event in events(result) { bus.publish(event) }
-                return result
+            // The job runs on JobExecutor's threads: its blocking I/O never holds up a query.
+            let gate = await gates.gate(for: name)
+            let timeout = jobTimeout
+            let result = try await withTaskExecutorPreference(JobExecutor.shared) {
+                try await gate.run(job, timeout: timeout) {
+                    let result = try await DomainJob.$observer.withValue(observer) { try await body(holder.driver) }
+                    for event in events(result) { bus.publish(event) }
+                    return result
+                }
             }
             finish(job, name, outcome: "ok", started: started)
             return result
