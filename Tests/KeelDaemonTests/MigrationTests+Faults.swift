@@ -53,7 +53,9 @@ extension MigrationTests {
         PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .destinationKeeld, outcome: .onSource),
         PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .link, outcome: .onSource),
         PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .sourceKeeld, outcome: .onSource),
-        // Finish: the stream completed (the guest is paused on the source), `finish` received.
+        // Finish: the stream completed (the guest is paused on the source), `finish` not yet sent.
+        PhaseFault(step: "Finish", hold: "source:finishing", fault: .sourceQEMU, outcome: .onDestination),
+        // Finish: `finish` received, the destination not yet waiting for the whole stream.
         PhaseFault(step: "Finish", hold: "destination:finishing", fault: .sourceQEMU, outcome: .onDestination),
         // Finish: the destination committed the definition, the guest not yet resumed.
         PhaseFault(step: "Finish", hold: "destination:resuming", fault: .destinationKeeld, outcome: .onDestination),
