@@ -10,7 +10,7 @@ extension MigrationTests {
     /// One fault at one held point, and where the guest must end.
     struct PhaseFault: Sendable, CustomTestStringConvertible {
         enum Fault: String, Sendable {
-            case sourceKeeld, destinationKeeld, destinationQEMU
+            case sourceKeeld, sourceQEMU, destinationKeeld, destinationQEMU
             /// The veth link between the two network namespaces taken down.
             case link
         }
@@ -20,6 +20,12 @@ extension MigrationTests {
             case onSource
             /// Running on the destination (persistent); no QEMU and no definition on the source.
             case onDestination
+            /// Lost with the source's QEMU, killed before the stream: `crashed` on the source, its
+            /// definition kept; nothing (no QEMU, no definition) on the destination.
+            case crashedOnSource
+            /// The destination owned the guest (it answered `finish`) when its QEMU died: `crashed`
+            /// there, its definition kept; no QEMU and no definition on the source.
+            case crashedOnDestination
         }
 
         /// The protocol's step, as the docs name it.
@@ -34,7 +40,11 @@ extension MigrationTests {
     }
 
     static let phaseFaults: [PhaseFault] = [
+        // Begin: the channel is open, `begin` not yet sent.
+        PhaseFault(step: "Begin", hold: "source:negotiating", fault: .sourceKeeld, outcome: .onSource),
         // Begin answered, Prepare not yet sent.
+        PhaseFault(step: "Begin", hold: "source:preparing", fault: .sourceQEMU, outcome: .crashedOnSource),
+        PhaseFault(step: "Begin", hold: "source:preparing", fault: .sourceKeeld, outcome: .onSource),
         PhaseFault(step: "Begin", hold: "source:preparing", fault: .destinationKeeld, outcome: .onSource),
         PhaseFault(step: "Begin", hold: "source:preparing", fault: .link, outcome: .onSource),
         // Prepare: the incoming QEMU started, its CPU not yet checked.
@@ -42,10 +52,18 @@ extension MigrationTests {
         // Prepare: the incoming QEMU listens, prepare-reply not yet sent.
         PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .destinationKeeld, outcome: .onSource),
         PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .link, outcome: .onSource),
+        PhaseFault(step: "Prepare", hold: "destination:prepared", fault: .sourceKeeld, outcome: .onSource),
+        // Finish: the stream completed (the guest is paused on the source), `finish` not yet sent.
+        PhaseFault(step: "Finish", hold: "source:finishing", fault: .sourceQEMU, outcome: .onDestination),
+        // Finish: `finish` received, the destination not yet waiting for the whole stream.
+        PhaseFault(step: "Finish", hold: "destination:finishing", fault: .sourceQEMU, outcome: .onDestination),
         // Finish: the destination committed the definition, the guest not yet resumed.
         PhaseFault(step: "Finish", hold: "destination:resuming", fault: .destinationKeeld, outcome: .onDestination),
+        // The `cont` fails: the destination kills its QEMU, drops the definition, says `abort`.
+        PhaseFault(step: "Finish", hold: "destination:resuming", fault: .destinationQEMU, outcome: .onSource),
         // Finish: the guest runs on the destination, finish-reply not yet sent.
         PhaseFault(step: "Finish", hold: "destination:completed", fault: .destinationKeeld, outcome: .onDestination),
+        PhaseFault(step: "Finish", hold: "destination:completed", fault: .destinationQEMU, outcome: .crashedOnDestination),
         // Confirm: the source has finish-reply, its QEMU not yet stopped nor its definition removed.
         PhaseFault(step: "Confirm", hold: "source:completed", fault: .sourceKeeld, outcome: .onDestination),
     ]
@@ -79,6 +97,8 @@ extension MigrationTests {
             switch fault.fault {
             case .sourceKeeld:
                 pair.source.stop(SIGKILL)
+            case .sourceQEMU:
+                kill(sourcePid, SIGKILL)
             case .destinationKeeld:
                 pair.destination.stop(SIGKILL)
             case .destinationQEMU:
@@ -95,7 +115,7 @@ extension MigrationTests {
 
             switch fault.outcome {
             case .onSource:
-                #expect(answer.map { $0.status >= 400 } == true, "\(answer?.text ?? "no answer")")
+                if let answer { #expect(answer.status >= 400, "\(answer.text)") }
                 // Also while the link is still down: each side notices on its own.
                 _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
                     (try? pair.states("mig")).map { $0 == ("running", "absent") ? true : nil } ?? nil
@@ -124,6 +144,26 @@ extension MigrationTests {
                 #expect(try pair.destination.get("/v1/domains/mig").json["persistent"] as? Bool == true)
                 let offset = pair.serialSize("mig")
                 #expect(try await pair.cpuidBlock("mig", after: offset) == before, "the guest runs on with the same CPU")
+            case .crashedOnSource:
+                #expect(answer?.errorCode == "process-exited", "\(answer?.text ?? "no answer")\(logs)")
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    (try? pair.states("mig")).map { $0 == ("crashed", "absent") ? true : nil } ?? nil
+                }
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    pair.destination.qemuProcesses().isEmpty ? true : nil
+                }
+                #expect(pair.source.qemuProcesses().isEmpty, "nothing runs anywhere")
+                #expect(try pair.source.get("/v1/domains/mig").json["persistent"] as? Bool == true, "the source keeps its definition")
+                #expect(try pair.destination.get("/v1/domains/mig").status == 404, "no definition was left on the destination\(logs)")
+            case .crashedOnDestination:
+                #expect(answer?.status == 200, "\(answer?.text ?? "no answer")\(logs)")
+                _ = try await eventually(timeout: 30, interval: .milliseconds(200)) { () -> Bool? in
+                    (try? pair.states("mig")).map { $0 == ("absent", "crashed") ? true : nil } ?? nil
+                }
+                #expect(!isAlive(sourcePid), "the source QEMU is stopped")
+                #expect(pair.source.qemuProcesses().isEmpty && pair.destination.qemuProcesses().isEmpty, "nothing runs anywhere")
+                #expect(try pair.source.get("/v1/domains/mig").status == 404, "the source's definition was removed (--undefinesource)")
+                #expect(try pair.destination.get("/v1/domains/mig").json["persistent"] as? Bool == true, "the destination keeps its definition")
             }
         }
     }
