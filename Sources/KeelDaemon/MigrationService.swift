@@ -70,8 +70,8 @@ final class MigrationService: Sendable {
         /// reaction to that first).
         var aborted: Bool
         /// Milliseconds the guest did not run, on this host's clock: from QEMU pausing it here
-        /// (the stream's start plus QEMU's `total-time` minus its `downtime`) until the
-        /// destination's `finish-reply` said it runs there. An upper bound of what the guest
+        /// (the stream's start plus QEMU's `total-time` minus its `downtime`; an offline
+        /// migration's pause) until the destination's `finish-reply` said it runs there. An upper bound of what the guest
         /// saw (it includes the reply's way back); nil when the guest did not move running.
         var measuredDowntime: UInt64?
     }
@@ -146,6 +146,8 @@ final class MigrationService: Sendable {
                         case .pauseGuest:
                             do {
                                 try await driver.pauseForMigration(name: name)
+                                // An offline migration: the guest's downtime starts here.
+                                guestStopped = .now
                                 continuation.yield(.event(.guestPaused))
                             } catch {
                                 continuation.yield(.event(.operationFailed(Self.migrationError(error))))
@@ -196,7 +198,8 @@ final class MigrationService: Sendable {
                         switch input {
                         case .event(.streamCompleted(var statistics?)):
                             if let streamIssued {
-                                guestStopped = Self.stamp(&statistics, issued: streamIssued)
+                                let paused = Self.stamp(&statistics, issued: streamIssued)
+                                if guestStopped == nil { guestStopped = paused }
                             }
                             event = .streamCompleted(statistics)
                         case .event(.received(let message)):
@@ -366,11 +369,7 @@ final class MigrationService: Sendable {
         let path = recordPath(name)
         let bytes = [UInt8](data)
         // The same record again (an event that did not change the phase): already there.
-        guard lastRecord.withLockedValue({ last in
-            if last[name] == bytes { return false }
-            last[name] = bytes
-            return true
-        }) else { return }
+        guard lastRecord.withLockedValue({ $0[name] != bytes }) else { return }
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }
@@ -380,7 +379,11 @@ final class MigrationService: Sendable {
         // phase cost milliseconds each on the way from the source's pause to the destination's
         // resume.
         close(fd)
-        if !written || rename(temporary, path) != 0 { unlink(temporary) }
+        if written && rename(temporary, path) == 0 {
+            lastRecord.withLockedValue { $0[name] = bytes }
+        } else {
+            unlink(temporary)
+        }
     }
 
     func recordPath(_ name: String) -> String { holder.stateDirectory + "/run/\(name).migration.json" }
