@@ -2585,7 +2585,7 @@ enum OpenAPIDocument {
           "measuredDowntime": {
             "type": "integer",
             "format": "int64",
-            "description": "Milliseconds the guest did not run, measured by the source keeld on its own clock: from QEMU pausing the guest there until the destination reported it running (an upper bound: it includes the reply's way back). Absent when the guest was not resumed on the destination."
+            "description": "Milliseconds the guest did not run, measured by the source keeld on its own clock: from the guest's pause there (QEMU's switch-over, or the pause of an offline migration) until the destination reported it running (an upper bound: it includes the reply's way back). Absent when the guest was not resumed on the destination."
           },
           "totalTime": {
             "type": "integer",
