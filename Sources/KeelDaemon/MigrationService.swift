@@ -71,8 +71,9 @@ final class MigrationService: Sendable {
         var aborted: Bool
         /// Milliseconds the guest did not run, on this host's clock: from QEMU pausing it here
         /// (the stream's start plus QEMU's `total-time` minus its `downtime`; an offline
-        /// migration's pause) until the destination's `finish-reply` said it runs there. An upper bound of what the guest
-        /// saw (it includes the reply's way back); nil when the guest did not move running.
+        /// migration's pause) until the destination's `finish-reply` said it runs there. An
+        /// upper bound of what the guest saw (it includes the reply's way back); nil when the
+        /// guest did not move running.
         var measuredDowntime: UInt64?
     }
 
