@@ -15,7 +15,7 @@ BUILD_PACKAGES := libxml2-dev pkg-config
 RUN_PACKAGES := qemu-system-x86 qemu-utils nasm
 TEST_PACKAGES := $(RUN_PACKAGES) openssl iproute2 hyperfine libvirt-clients libvirt-daemon-driver-qemu libvirt-daemon-system gzip bzip2 xz-utils lzop zstd python3
 
-.PHONY: all build build-release build-daemon build-bench demo test deps-build deps-demo deps-test bench bench-daemon interop clean
+.PHONY: all build build-release build-daemon build-bench demo test deps-build deps-demo deps-test bench bench-daemon bench-migrate interop clean
 
 all: build
 
@@ -61,6 +61,14 @@ bench: deps-test build-bench
 bench-daemon: deps-demo build-release build-daemon
 	$(SWIFT) build -c release $(RELEASE_FLAGS) --product keel-load $(SWIFT_FLAGS)
 	@benchmarks/daemon-load.sh "$$($(SWIFT) build -c release --show-bin-path)"
+
+## make bench-migrate: live migration of a 256 MiB TCG guest between two keelds on loopback,
+## side by side with QEMU's own migration of the same guest (ROUNDS=5).
+ROUNDS ?= 5
+bench-migrate: deps-demo build-release build-daemon
+	@scripts/apt-ensure.sh openssl python3
+	$(MAKE) -s -C guest
+	@benchmarks/migrate.sh "$$($(SWIFT) build -c release --show-bin-path)" $(ROUNDS)
 
 ## make interop: Keel and libvirt restore each other's save images with the guest CPU unchanged.
 interop: deps-test build-release

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Raw QEMU save and restore over QMP, with no manager in between: the baseline Keel's
-`keel save` / `keel restore` are measured against (benchmarks/save-restore.sh).
+"""Raw QEMU save, restore and live migration over QMP, with no manager in between: the
+baselines `keel save` / `keel restore` (benchmarks/save-restore.sh) and `keel migrate`
+(benchmarks/migrate.sh) are measured against.
 
     raw_qemu.py start   --argv FILE --qmp SOCK --pidfile PID [--cont]
     raw_qemu.py save    --qmp SOCK --pidfile PID --file IMG --offset N
     raw_qemu.py restore --argv FILE --qmp SOCK --pidfile PID --file IMG --offset N [--cont]
+    raw_qemu.py migrate --qmp SOCK --pidfile PID --argv FILE --to-qmp SOCK2 --to-pidfile PID2
+                        [--downtime-limit MS]
     raw_qemu.py quit    --qmp SOCK --pidfile PID
 
 --argv FILE: QEMU's command line, NUL-separated (as /proc/PID/cmdline), binary first, without
@@ -14,6 +17,13 @@ save:    stop; getfd of IMG opened at OFFSET; max-bandwidth very high; migrate f
          query-migrate until completed; fsync IMG; quit and wait until QEMU is gone.
 restore: start QEMU (its argv has -incoming defer); getfd of IMG opened at OFFSET;
          migrate-incoming fd:; poll until completed; cont with --cont.
+migrate: the running QEMU at SOCK moves to a new one started from --argv (its argv has
+         -incoming defer and its -qmp names SOCK2): migrate-incoming tcp:127.0.0.1:0 there
+         (QEMU picks the port, read back from query-migrate); on the source max-bandwidth very
+         high (and downtime-limit when given), migrate tcp:127.0.0.1:PORT, poll query-migrate on
+         the source until completed; poll the destination until its stream is loaded; cont
+         there; then quit the source and wait until it is gone. The JSON line on stdout holds
+         the phases and QEMU's own total-time, downtime and setup-time.
 
 Prints one line of phase timings (ms) on stderr. Standard library only.
 """
@@ -44,6 +54,7 @@ class QMP:
                 time.sleep(0.005)
         self.buffer = b""
         self.next_id = 0
+        self.events = []
         self._read()  # greeting
         self.execute("qmp_capabilities")
 
@@ -68,8 +79,11 @@ class QMP:
             self.sock.sendall(data)
         while True:
             reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
             if reply.get("id") != self.next_id:
-                continue  # an event
+                continue
             if "error" in reply:
                 raise RuntimeError(f"{command}: {reply['error']}")
             return reply.get("return")
@@ -79,7 +93,7 @@ class QMP:
             info = self.execute("query-migrate")
             status = info.get("status", "none")
             if status == "completed":
-                return
+                return info
             if status in ("failed", "cancelled"):
                 raise RuntimeError(f"migration {status}: {info.get('error-desc', '')}")
             time.sleep(POLL_INTERVAL)
@@ -129,13 +143,16 @@ def unlink_socket(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "save", "restore", "quit"])
+    parser.add_argument("action", choices=["start", "save", "restore", "migrate", "quit"])
     parser.add_argument("--argv")
     parser.add_argument("--qmp", required=True)
     parser.add_argument("--pidfile", required=True)
     parser.add_argument("--file")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--cont", action="store_true")
+    parser.add_argument("--to-qmp")
+    parser.add_argument("--to-pidfile")
+    parser.add_argument("--downtime-limit", type=int)
     args = parser.parse_args()
     t0 = time.monotonic()
     phases = []
@@ -179,6 +196,59 @@ def main():
         qmp.close()
         wait_gone(args.pidfile)
         mark("quit")
+    elif args.action == "migrate":
+        source = QMP(args.qmp)
+        mark("connect")
+        unlink_socket(args.to_qmp)
+        spawn_started = time.monotonic()
+        spawn(read_argv(args.argv), args.to_pidfile)
+        destination = QMP(args.to_qmp)
+        mark("spawn")
+        destination.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        port = None
+        for address in destination.execute("query-migrate").get("socket-address", []):
+            port = address.get("port")
+        if port is None:
+            raise RuntimeError("the destination did not say which port it listens on")
+        mark("listen")
+        migrate_started = time.monotonic()
+        parameters = {"max-bandwidth": 1 << 40}
+        if args.downtime_limit is not None:
+            parameters["downtime-limit"] = args.downtime_limit
+        source.execute("migrate-set-parameters", parameters)
+        source.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        info = source.wait_for_migration()
+        mark("stream")
+        destination.wait_for_migration()
+        destination.execute("cont")
+        mark("cont")
+        running = time.monotonic()
+        running_wall = time.time()
+
+        def event_time(qmp, name):
+            for event in qmp.events:
+                if event.get("event") == name:
+                    stamp = event.get("timestamp", {})
+                    return stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
+            return None
+        stopped_wall = event_time(source, "STOP")
+        resumed_wall = event_time(destination, "RESUME")
+        destination.close()
+        source.execute("quit")
+        source.close()
+        wait_gone(args.pidfile)
+        mark("quit")
+        print(json.dumps({
+            "migrate_to_running_ms": round((running - migrate_started) * 1000, 1),
+            "spawn_to_running_ms": round((running - spawn_started) * 1000, 1),
+            "total_ms": round((time.monotonic() - t0) * 1000, 1),
+            "total_time": info.get("total-time"), "downtime": info.get("downtime"),
+            "setup_time": info.get("setup-time"), "transferred": info.get("ram", {}).get("transferred"),
+            # The guest's pause as QMP's events date it: the source's STOP to the destination's
+            # RESUME, and to `cont` returning here.
+            "stop_to_resume_ms": round((resumed_wall - stopped_wall) * 1000, 1) if stopped_wall and resumed_wall else None,
+            "stop_to_cont_ms": round((running_wall - stopped_wall) * 1000, 1) if stopped_wall else None,
+        }))
     elif args.action == "quit":
         try:
             qmp = QMP(args.qmp, deadline=2.0)

@@ -65,7 +65,8 @@ extension API {
             name: name, job: "migrate", destination: destination.description, protocol: machine.version?.rawValue,
             state: try driver.state(of: name).0.rawValue, runningOnDestination: running, dryRun: options.dryRun,
             restorable: verdict.map(\.restorable), warnings: machine.warnings,
-            downtime: machine.statistics?.downtime, totalTime: machine.statistics?.timeElapsed,
+            downtime: machine.statistics?.downtime, measuredDowntime: result.measuredDowntime,
+            totalTime: machine.statistics?.timeElapsed, setupTime: machine.statistics?.setupTime,
             cpu: options.dryRun ? (domain.updatedCPU ?? domain.migratable.cpu)?.model : nil,
             missing: verdict.map { $0.missing.map { FeatureBody($0.feature, reason: $0.reason) } },
             extra: verdict.map { $0.extra.map { FeatureBody($0.feature, reason: $0.reason) } },
@@ -138,9 +139,14 @@ extension APIModels {
         var dryRun: Bool
         var restorable: Bool?
         var warnings: [String]
-        /// Milliseconds, as QEMU measured them.
+        /// Milliseconds, as QEMU measured them: the stream's last pass with the guest paused.
         var downtime: UInt64?
+        /// Milliseconds the guest did not run, measured by this keeld: from QEMU pausing it
+        /// here until the destination reported it running (`MigrationService.Result`).
+        var measuredDowntime: UInt64?
+        /// Milliseconds, as QEMU measured them: the whole stream, and its setup.
         var totalTime: UInt64?
+        var setupTime: UInt64?
         /// Dry run: the guest CPU's model, and the destination's verdict feature by feature.
         var cpu: String?
         var missing: [FeatureBody]?

@@ -49,6 +49,7 @@ extension MigrationService {
                         }
                     }
                     var since = ContinuousClock.now
+                    let began = since
                     loop: while true {
                         let phase = machine.phase
                         var event: MigrationDestination.Event?
@@ -88,6 +89,9 @@ extension MigrationService {
                         let actions = machine.handle(event)
                         if machine.phase != phase { since = .now }
                         if name == nil, let domain = machine.domain { name = domain.name }
+                        if let name, machine.phase != phase {
+                            Self.logPhase(logger, name: name, role: "destination", phase: machine.phase.rawValue, since: began)
+                        }
                         if let name {
                             self.persist(name: name, role: "destination", phase: machine.phase.rawValue, version: machine.version, uri: nil,
                                          peer: machine.source?.name ?? "", running: resumeWanted)

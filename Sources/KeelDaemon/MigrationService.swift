@@ -9,6 +9,7 @@ import KeelDomain
 import KeelMigration
 import KeelQEMU
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
 
@@ -31,6 +32,8 @@ final class MigrationService: Sendable {
     let logger: Logger
     /// Where the destination side publishes its events (the source's are the API job's).
     let bus: EventBus?
+    /// The record last written per domain, so that an unchanged one is not written again.
+    private let lastRecord = NIOLockedValueBox<[String: [UInt8]]>([:])
 
     init(holder: DriverHolder, tls: PeerTLS?, listen: PeerEndpoint?, versions: [MigrationProtocolVersion],
          holds: Set<String> = [], logger: Logger, bus: EventBus? = nil) throws {
@@ -69,6 +72,12 @@ final class MigrationService: Sendable {
         /// Whether `domjobabort` cancelled the stream (the destination may report its own
         /// reaction to that first).
         var aborted: Bool
+        /// Milliseconds the guest did not run, on this host's clock: from QEMU pausing it here
+        /// (the stream's start plus QEMU's `total-time` minus its `downtime`; an offline
+        /// migration's pause) until the destination's `finish-reply` said it runs there. An
+        /// upper bound of what the guest saw (it includes the reply's way back); nil when the
+        /// guest did not move running.
+        var measuredDowntime: UInt64?
     }
 
     private enum SourceInput: Sendable {
@@ -81,6 +90,7 @@ final class MigrationService: Sendable {
     /// - Throws: `QEMUError` when nothing started (the domain does not run, the peer cannot be
     ///   reached or refuses the TLS handshake): the guest is untouched.
     func migrate(name: String, request: Request) async throws -> Result {
+        let began = ContinuousClock.now
         let driver = self.driver
         let domain = try driver.outgoingMigration(name: name)
         var streamTLS: MigrationStreamTLS?
@@ -101,6 +111,10 @@ final class MigrationService: Sendable {
         let job = driver.beginMigrationJob(name: name, incoming: false)
         defer { job.finish() }
         var iterator = inputs.makeAsyncIterator()
+        // When `migrate` was sent, and when QEMU paused the guest (from its own numbers).
+        var streamIssued: ContinuousClock.Instant?
+        var guestStopped: ContinuousClock.Instant?
+        var measuredDowntime: UInt64?
         try? await connection.executeThenClose { inbound, outbound in
             await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -113,9 +127,14 @@ final class MigrationService: Sendable {
                     }
                 }
                 var since = ContinuousClock.now
+                var loggedPhase: MigrationSource.Phase?
                 var actions = machine.handle(.start)
                 var held: MigrationSource.Phase?
                 machineLoop: while true {
+                    if loggedPhase != machine.phase {
+                        loggedPhase = machine.phase
+                        Self.logPhase(logger, name: name, role: "source", phase: machine.phase.rawValue, since: began)
+                    }
                     self.persist(name: name, role: "source", phase: machine.phase.rawValue, version: machine.version, uri: machine.streamURI,
                                  peer: request.destination.description, uuid: domain.migratable.uuid, running: domain.running,
                                  undefine: request.undefineSource, migrated: machine.phase == .completed && machine.guest == .destination)
@@ -136,14 +155,16 @@ final class MigrationService: Sendable {
                         case .pauseGuest:
                             do {
                                 try await driver.pauseForMigration(name: name)
+                                // An offline migration: the guest's downtime starts here.
+                                guestStopped = .now
                                 continuation.yield(.event(.guestPaused))
                             } catch {
                                 continuation.yield(.event(.operationFailed(Self.migrationError(error))))
                             }
                         case .startMigration(let uri, let parameters):
                             do {
-                                try await driver.startOutgoingMigration(name: name, uri: uri, parameters: parameters,
-                                                                        tls: parameters.tls ? streamTLS : nil)
+                                streamIssued = try await driver.startOutgoingMigration(name: name, uri: uri, parameters: parameters,
+                                                                                       tls: parameters.tls ? streamTLS : nil)
                                 group.addTask {
                                     do {
                                         let statistics = try await driver.waitOutgoingMigration(name: name, job: job)
@@ -184,6 +205,17 @@ final class MigrationService: Sendable {
                     while event == nil {
                         guard let input = await iterator.next() else { event = .peerLost; break }
                         switch input {
+                        case .event(.streamCompleted(var statistics?)):
+                            if let streamIssued {
+                                let paused = Self.stamp(&statistics, issued: streamIssued)
+                                if guestStopped == nil { guestStopped = paused }
+                            }
+                            event = .streamCompleted(statistics)
+                        case .event(.received(let message)):
+                            if case .finishReply(let reply) = message.body, reply.running, let guestStopped {
+                                measuredDowntime = Self.milliseconds(ContinuousClock.now - guestStopped)
+                            }
+                            event = .received(message)
                         case .event(let received):
                             event = received
                         case .tick:
@@ -219,7 +251,41 @@ final class MigrationService: Sendable {
             // A guest that stays here keeps no credentials for a later, plain migration.
             await driver.disableMigrationTLS(name: name)
         }
-        return Result(machine: machine, aborted: job.aborted)
+        Self.logPhase(logger, name: name, role: "source", phase: "settled", since: began)
+        return Result(machine: machine, aborted: job.aborted, measuredDowntime: machine.phase == .completed ? measuredDowntime : nil)
+    }
+
+    /// Fills libvirt's job timestamps of a completed stream (`started`: `migrate` sent;
+    /// `stopped`: QEMU paused the guest, `total-time − downtime` later; `sent`: now; ms since
+    /// the epoch) and returns when the guest was paused on the monotonic clock.
+    static func stamp(_ statistics: inout MigrationStatistics, issued: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        let now = ContinuousClock.now
+        var wall = timespec()
+        clock_gettime(CLOCK_REALTIME, &wall)
+        let wallNow = UInt64(wall.tv_sec) * 1000 + UInt64(wall.tv_nsec / 1_000_000)
+        let started = wallNow - min(wallNow, milliseconds(now - issued))
+        statistics.started = started
+        statistics.sent = wallNow
+        guard let downtime = statistics.downtime, downtime <= statistics.timeElapsed else { return nil }
+        statistics.stopped = started + statistics.timeElapsed - downtime
+        return issued + .milliseconds(Int64(statistics.timeElapsed - downtime))
+    }
+
+    /// A debug line per phase with the milliseconds since the migration began: where the
+    /// control plane spends its time.
+    static func logPhase(_ logger: Logger, name: String, role: String, phase: String, since began: ContinuousClock.Instant) {
+        guard logger.logLevel <= .debug else { return }
+        var wall = timespec()
+        clock_gettime(CLOCK_REALTIME, &wall)
+        logger.debug("migration phase", metadata: [
+            "domain": "\(name)", "role": "\(role)", "phase": "\(phase)", "ms": "\(milliseconds(ContinuousClock.now - began))",
+            "wall": "\(wall.tv_sec).\(String(wall.tv_nsec / 1_000_000 + 1000).dropFirst())",
+        ])
+    }
+
+    static func milliseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
     }
 
     /// Asks the destination what it holds of `domain` on a new channel, retrying for a while.
@@ -313,14 +379,23 @@ final class MigrationService: Sendable {
                             uuid: uuid, running: running, undefine: undefine, migrated: migrated)
         guard let data = try? JSONEncoder().encode(record) else { return }
         let path = recordPath(name)
+        let bytes = [UInt8](data)
+        // The same record again (an event that did not change the phase): already there.
+        guard lastRecord.withLockedValue({ $0[name] != bytes }) else { return }
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }
-        let bytes = [UInt8](data)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-        fsync(fd)
+        // No fsync: the record matters only to a keeld restarted while the QEMUs still run (a
+        // power loss ends them too); the rename keeps it whole for that reader. An fsync per
+        // phase cost milliseconds each on the way from the source's pause to the destination's
+        // resume.
         close(fd)
-        if !written || rename(temporary, path) != 0 { unlink(temporary) }
+        if written && rename(temporary, path) == 0 {
+            lastRecord.withLockedValue { $0[name] = bytes }
+        } else {
+            unlink(temporary)
+        }
     }
 
     /// Test-only, and only with `keeld --test-hold ROLE:PHASE`: once the machine of `role` has
@@ -348,7 +423,10 @@ final class MigrationService: Sendable {
 
     func recordPath(_ name: String) -> String { holder.stateDirectory + "/run/\(name).migration.json" }
 
-    func removeRecord(_ name: String) { unlink(recordPath(name)) }
+    func removeRecord(_ name: String) {
+        lastRecord.withLockedValue { _ = $0.removeValue(forKey: name) }
+        unlink(recordPath(name))
+    }
 
     /// The record of an interrupted migration of `name` left by another (dead) process.
     func interruptedRecord(_ name: String) -> Record? {

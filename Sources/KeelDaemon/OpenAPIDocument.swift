@@ -2580,12 +2580,22 @@ enum OpenAPIDocument {
           "downtime": {
             "type": "integer",
             "format": "int64",
-            "description": "Milliseconds, as QEMU measured them."
+            "description": "Milliseconds, as QEMU measured them (query-migrate's downtime: the stream's last pass, the guest paused)."
+          },
+          "measuredDowntime": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds the guest did not run, measured by the source keeld on its own clock: from the guest's pause there (QEMU's switch-over, or the pause of an offline migration) until the destination reported it running (an upper bound: it includes the reply's way back). Absent when the guest was not resumed on the destination."
           },
           "totalTime": {
             "type": "integer",
             "format": "int64",
-            "description": "Milliseconds, as QEMU measured them."
+            "description": "Milliseconds, as QEMU measured them (query-migrate's total-time: the whole stream)."
+          },
+          "setupTime": {
+            "type": "integer",
+            "format": "int64",
+            "description": "Milliseconds, as QEMU measured them (query-migrate's setup-time)."
           },
           "cpu": {
             "type": "string",

@@ -78,8 +78,13 @@ public struct DomainStore: Sendable {
         return try POSIXFile.readString(statusPath(name)).map(parse)
     }
 
-    public func save(_ status: DomainStatus) throws {
-        try POSIXFile.writeAtomically(statusPath(status.live.name), status.xmlElement.formatted())
+    /// Writes the runtime status of a running domain.
+    ///
+    /// - Parameter durable: fsync the file and its directory. A status that only follows a
+    ///   live QEMU (paused, resumed, committed by a migration) may skip it: it describes a
+    ///   process that a power loss ends too, and the rename keeps it whole for a restarted keeld.
+    public func save(_ status: DomainStatus, durable: Bool = true) throws {
+        try POSIXFile.writeAtomically(statusPath(status.live.name), status.xmlElement.formatted(), durable: durable)
     }
 
     /// Removes the status, sockets and pidfile of a domain that no longer runs.

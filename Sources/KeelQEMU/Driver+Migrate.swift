@@ -57,10 +57,13 @@ extension Driver {
     /// QMP `migrate` to `uri` with the stream parameters (unlimited bandwidth unless capped),
     /// over QEMU's TLS with `tls` (`disableMigrationTLS` removes it afterwards). Returns once
     /// QEMU accepted the command; `waitOutgoingMigration` follows the stream.
+    ///
+    /// - Returns: when `migrate` was sent, where QEMU's `total-time` starts.
+    @discardableResult
     public func startOutgoingMigration(name: String, uri: String, parameters: MigrationSource.StreamParameters,
-                                       tls: MigrationStreamTLS? = nil) async throws {
+                                       tls: MigrationStreamTLS? = nil) async throws -> ContinuousClock.Instant {
         let status = try liveStatus(name)
-        try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
+        return try await QMP.Client.withConnection(to: status.qmpSocket, deadline: .seconds(10), commandDeadline: .seconds(30)) { client in
             var arguments: [String: QMP.Value] = [
                 "max-bandwidth": .int(Int64(parameters.bandwidthMiBps.map { $0 << 20 } ?? (1 << 40))),
             ]
@@ -71,7 +74,9 @@ extension Driver {
             if let tls {
                 try await self.enableMigrationTLS(tls, name: name, client: client)
             }
+            let issued = ContinuousClock.now
             try await client.execute("migrate", arguments: ["uri": .string(uri)])
+            return issued
         }
     }
 
@@ -108,7 +113,8 @@ extension Driver {
                 if var paused = try? self.store.status(name) {
                     paused.state = .paused
                     paused.reason = "migration"
-                    try? self.store.save(paused)
+                    // Not durable: the guest waits for this on the way to the destination.
+                    try? self.store.save(paused, durable: false)
                 }
                 return Self.statistics(last)
             }
@@ -152,7 +158,8 @@ extension Driver {
         }
         if status.state != .running {
             status.state = .running
-            try store.save(status)
+            // Not durable: on a migration's destination the guest is paused until this returns.
+            try store.save(status, durable: false)
         }
     }
 
@@ -277,7 +284,7 @@ extension Driver {
         status.live = status.live.with(cpu: updated)
         status.originalCPU = originalCPU
         status.cpuidWords = words
-        try store.save(status)
+        try store.save(status, durable: false)
     }
 
     /// `migrate-incoming tcp:HOST:0` and the URI QEMU really listens on (the port it chose);
@@ -319,10 +326,11 @@ extension Driver {
     public func commitIncoming(name: String, definition: DomainDefinition, persistent: Bool) throws {
         var status = try liveStatus(name)
         if persistent {
+            // The definition outlives the QEMU (the source may undefine its own): durable.
             try store.save(definition)
         }
         status.reason = "migrated"
-        try store.save(status)
+        try store.save(status, durable: false)
     }
 
     /// Kills the incoming QEMU (tolerates a dead one) and removes its runtime files.

@@ -35,7 +35,9 @@ enum POSIXFile {
     }
 
     /// Replaces `path` atomically and durably: temp file, fsync, rename, directory fsync.
-    static func writeAtomically(_ path: String, _ text: String, mode: mode_t = 0o600) throws {
+    /// Without `durable`, atomically only (no fsync): a reader after a crash of the writing
+    /// process sees the old or the new file whole; a power loss may keep the old one.
+    static func writeAtomically(_ path: String, _ text: String, mode: mode_t = 0o600, durable: Bool = true) throws {
         let temporary = path + ".tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw QEMUError(.io, "cannot create \(temporary): \(errnoText())") }
@@ -45,7 +47,7 @@ enum POSIXFile {
         }
         do {
             try writeAll(fd, Array(text.utf8), path: temporary)
-            guard fsync(fd) == 0 else { throw QEMUError(.io, "cannot sync \(temporary): \(errnoText())") }
+            guard !durable || fsync(fd) == 0 else { throw QEMUError(.io, "cannot sync \(temporary): \(errnoText())") }
         } catch {
             close(fd)
             throw error
@@ -53,7 +55,9 @@ enum POSIXFile {
         close(fd)
         guard rename(temporary, path) == 0 else { throw QEMUError(.io, "cannot rename \(temporary) to \(path): \(errnoText())") }
         ok = true
-        syncDirectory(of: path)
+        if durable {
+            syncDirectory(of: path)
+        }
     }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws {

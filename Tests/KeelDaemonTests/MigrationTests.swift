@@ -1,4 +1,6 @@
 import Foundation
+@testable import KeelDaemon
+import KeelMigration
 import KeelTestSupport
 import Testing
 
@@ -164,6 +166,12 @@ struct MigrationTests {
             #expect(migrated.json["runningOnDestination"] as? Bool == true)
             #expect(migrated.json["protocol"] as? Int == 2)
             #expect((migrated.json["warnings"] as? [Any])?.isEmpty == true)
+            // QEMU's times, and the downtime the source measured: QEMU's own and the switch-over.
+            let total = try #require(migrated.json["totalTime"] as? Int)
+            let downtime = try #require(migrated.json["downtime"] as? Int)
+            let measured = try #require(migrated.json["measuredDowntime"] as? Int)
+            #expect(migrated.json["setupTime"] as? Int != nil)
+            #expect(measured + 1 >= downtime && downtime <= total, "measured \(measured) ms, QEMU's \(downtime) of \(total) ms")
             let offset = pair.serialSize("mig")
 
             let states = try pair.states("mig")
@@ -189,6 +197,7 @@ struct MigrationTests {
                                                       "tls://127.0.0.1:\(pair.sourcePort)", "--persistent", "--undefinesource", "--json"], timeout: 120)
             #expect(back.status == 0, "\(back.output)\n\(pair.destination.log())")
             #expect(back.stdout.contains(#""runningOnDestination": true"#), "\(back.stdout)")
+            #expect(back.stdout.contains(#""measuredDowntime": "#) && back.stdout.contains(#""setupTime": "#), "\(back.stdout)")
             let backOffset = pair.serialSize("mig")
             let home = try pair.states("mig")
             #expect(home.source == "running")
@@ -506,6 +515,7 @@ struct MigrationTests {
             let migrated = try pair.source.post("/v1/domains/mig/migrate", ["destination": pair.destinationURI, "persistent": true, "undefineSource": true])
             #expect(migrated.status == 200, "\(migrated.text)")
             #expect(migrated.json["runningOnDestination"] as? Bool == false)
+            #expect(migrated.json["measuredDowntime"] == nil, "a guest that stays paused has no downtime to measure")
             #expect(try pair.states("mig") == ("absent", "paused"))
             #expect(try pair.destination.post("/v1/domains/mig/resume").json["state"] as? String == "running")
             let offset = pair.serialSize("mig")
@@ -515,6 +525,9 @@ struct MigrationTests {
                                                                              "persistent": true, "undefineSource": true])
             #expect(back.status == 200, "\(back.text)")
             #expect(back.json["runningOnDestination"] as? Bool == true)
+            // Offline: the guest was paused before the stream began.
+            let total = try #require(back.json["totalTime"] as? Int)
+            #expect(try #require(back.json["measuredDowntime"] as? Int) + 1 >= total)
             #expect(try pair.states("mig") == ("running", "absent"))
         }
     }
@@ -684,6 +697,25 @@ struct MigrationTests {
             let offset = pair.serialSize("mig")
             #expect(try await pair.cpuidBlock("mig", after: offset) == before)
         }
+    }
+
+    @Test("a completed stream's statistics get libvirt's timestamps: started when migrate was sent, stopped total-time − downtime later")
+    func statisticsTimestamps() throws {
+        var statistics = MigrationStatistics()
+        statistics.timeElapsed = 500
+        statistics.downtime = 120
+        let issued = ContinuousClock.now - .milliseconds(600)
+        let paused = try #require(MigrationService.stamp(&statistics, issued: issued))
+        let wall = UInt64(Date().timeIntervalSince1970 * 1000)
+        #expect(statistics.started + 600 <= wall + 5 && statistics.started + 600 + 50 >= wall, "started \(statistics.started), now \(wall)")
+        #expect(statistics.stopped == statistics.started + 380)
+        #expect(statistics.sent >= statistics.stopped)
+        #expect(paused == issued + .milliseconds(380))
+        // No downtime from QEMU: no pause to date.
+        var unknown = MigrationStatistics()
+        unknown.timeElapsed = 500
+        #expect(MigrationService.stamp(&unknown, issued: issued) == nil)
+        #expect(unknown.stopped == 0 && unknown.started > 0)
     }
 
     @Test("the peer listener refuses plaintext without --insecure")
