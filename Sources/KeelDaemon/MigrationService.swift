@@ -382,19 +382,12 @@ final class MigrationService: Sendable {
         let bytes = [UInt8](data)
         // The same record again (an event that did not change the phase): already there.
         guard lastRecord.withLockedValue({ $0[name] != bytes }) else { return }
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-        // No fsync: the record matters only to a keeld restarted while the QEMUs still run (a
+        // Not durable: the record matters only to a keeld restarted while the QEMUs still run (a
         // power loss ends them too); the rename keeps it whole for that reader. An fsync per
         // phase cost milliseconds each on the way from the source's pause to the destination's
         // resume.
-        close(fd)
-        if written && rename(temporary, path) == 0 {
+        if (try? POSIXFile.writeAtomically(path, String(decoding: bytes, as: UTF8.self), durable: false)) != nil {
             lastRecord.withLockedValue { $0[name] = bytes }
-        } else {
-            unlink(temporary)
         }
     }
 

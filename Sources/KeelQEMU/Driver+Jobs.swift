@@ -302,15 +302,7 @@ final class DomainJobRecorder {
         lastWrite = .now
         // Progress is advisory: written without fsync, replaced atomically so readers never
         // see a torn record.
-        let path = store.jobPath(name)
-        let temporary = path + ".tmp.\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        let written = (try? POSIXFile.writeAll(fd, Array(job.xmlElement.formatted().utf8), path: temporary)) != nil
-        close(fd)
-        if !written || rename(temporary, path) != 0 {
-            unlink(temporary)
-        }
+        try? POSIXFile.writeAtomically(store.jobPath(name), job.xmlElement.formatted(), durable: false)
     }
 
     /// Removes the record; the job is over.

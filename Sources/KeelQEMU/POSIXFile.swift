@@ -1,7 +1,7 @@
 import Glibc
 
 /// Small file helpers with the durability the driver's state needs.
-enum POSIXFile {
+public enum POSIXFile {
     /// Reads a whole file (up to `limit` bytes) or returns nil when it does not exist.
     static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -37,7 +37,7 @@ enum POSIXFile {
     /// Replaces `path` atomically and durably: temp file, fsync, rename, directory fsync.
     /// Without `durable`, atomically only (no fsync): a reader after a crash of the writing
     /// process sees the old or the new file whole; a power loss may keep the old one.
-    static func writeAtomically(_ path: String, _ text: String, mode: mode_t = 0o600, durable: Bool = true) throws {
+    public static func writeAtomically(_ path: String, _ text: String, mode: mode_t = 0o600, durable: Bool = true) throws {
         let temporary = path + ".tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw QEMUError(.io, "cannot create \(temporary): \(errnoText())") }
