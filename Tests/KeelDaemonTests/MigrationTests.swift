@@ -241,9 +241,7 @@ struct MigrationTests {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
-            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
-                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
-            }
+            try pair.source.waitForSerial("mig", "FILLED", timeout: 120)
             let socket = pair.source.socket
             let uri = pair.destinationURI
             let request = Task {
@@ -370,9 +368,7 @@ struct MigrationTests {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             _ = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
-            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
-                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
-            }
+            try pair.source.waitForSerial("mig", "FILLED", timeout: 120)
             let sourcePid = try #require(pair.pid(pair.source, "mig"))
             let socket = pair.source.socket
             let uri = pair.destinationURI
@@ -445,9 +441,7 @@ struct MigrationTests {
         if let reason = Self.unavailableReason { print("SKIP: \(reason)"); return }
         try await Pair.with { pair in
             let before = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
-            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
-                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
-            }
+            try pair.source.waitForSerial("mig", "FILLED", timeout: 120)
             let sourcePid = try #require(pair.pid(pair.source, "mig"))
             let socket = pair.source.socket
             let uri = pair.destinationURI
@@ -616,9 +610,7 @@ struct MigrationTests {
 
             // A bigger guest, a capped stream, and the link cut while it runs.
             _ = try await pair.startGuest("big", memoryMiB: 256, cmdline: "fill=200")
-            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
-                pair.serial("big").contains { $0.hasPrefix("FILLED") } ? true : nil
-            }
+            try pair.source.waitForSerial("big", "FILLED", timeout: 120)
             let sourcePid = try #require(pair.pid(pair.source, "big"))
             let socket = pair.source.socket
             let uri = pair.destinationURI
@@ -661,9 +653,7 @@ struct MigrationTests {
         // finish-reply goes out: the link is cut exactly then, whatever the machine's load.
         try await Pair.with(destinationArguments: ["--test-hold", "destination:completed"], network: network) { pair in
             let before = try await pair.startGuest("mig", memoryMiB: 256, cmdline: "fill=200")
-            _ = try await eventually(timeout: 120, interval: .milliseconds(200)) { () -> Bool? in
-                pair.serial("mig").contains { $0.hasPrefix("FILLED") } ? true : nil
-            }
+            try pair.source.waitForSerial("mig", "FILLED", timeout: 120)
             let sourcePid = try #require(pair.pid(pair.source, "mig"))
             let socket = pair.source.socket
             let uri = pair.destinationURI
