@@ -14,7 +14,8 @@
 #   BIN_DIR holds release builds of keeld, keel and keel-load
 #   (swift build -c release --product keeld --product keel --product keel-load).
 # Environment: KEEL_LOAD_DEFINED (50), KEEL_LOAD_RUNNING (20), KEEL_LOAD_DIR (/var/tmp),
-# KEEL_LOAD_PERF=FILE records a perf profile of keeld during the dominfo run.
+# KEEL_LOAD_PERF=FILE records a perf profile of keeld during the dominfo run, and one of the whole
+# machine during the mixed run in FILE.mixed.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 BIN_DIR [TOTAL] [CONCURRENCY]" >&2; exit 2; }
@@ -118,7 +119,14 @@ echo "keeld memory, after the dominfo run: $(rss "$keeld_pid")"
 echo
 echo "\$ keel-load $socket $concurrency $total mixed.requests"
 mixed_status=0
+if [ -n "${KEEL_LOAD_PERF:-}" ]; then
+    # The whole machine during the mixed run (keeld, the QEMUs and keel-load share two CPUs).
+    perf record -F 999 -g -a -o "$KEEL_LOAD_PERF.mixed" 2>/dev/null &
+    perf_pid=$!
+    sleep 1
+fi
 "$bin/keel-load" "$socket" "$concurrency" "$total" "$work/mixed.requests" | tee "$work/mixed.result" || mixed_status=$?
+if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 echo "keeld memory, after the mixed run:   $(rss "$keeld_pid")"
 
 # Every state file still parses and the guests still run.

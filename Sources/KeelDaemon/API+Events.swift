@@ -1,6 +1,6 @@
-import Hummingbird
 import KeelQEMU
 import NIOCore
+import NIOHTTP1
 
 /// `GET /v1/events` and the events of the API's own jobs.
 ///
@@ -23,8 +23,8 @@ extension API {
     /// The subscription is registered before the reply's head is sent, so every event after the
     /// client has read the head reaches it. A client that reads too slowly loses the oldest of
     /// its buffered events (`overflow` lines say how many and where); it never slows a job.
-    func events(_ request: Request, _ context: Context) throws -> Response {
-        let domain: String? = request.uri.queryParameters.get("domain")
+    func events(_ request: APIRequest) throws -> APIResponse {
+        let domain: String? = request.query("domain")
         if let domain {
             try DomainStore.validate(name: domain)
         }
@@ -34,12 +34,12 @@ extension API {
         let bus = self.bus
         // A client that hangs up while no event comes would otherwise be noticed only at the
         // next write.
-        context.channel.closeFuture.whenComplete { _ in bus.unsubscribe(subscription) }
+        request.channel.closeFuture.whenComplete { _ in bus.unsubscribe(subscription) }
         logger.debug("events subscribed", metadata: ["subscription": "\(subscription.id)", "domain": "\(domain ?? "*")"])
-        return Response(
+        return APIResponse(
             status: .ok,
-            headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"],
-            body: ResponseBody { writer in
+            headers: ["content-type": "application/x-ndjson", "cache-control": "no-store"],
+            body: .stream { writer in
                 defer { bus.unsubscribe(subscription) }
                 var reader = subscription.makeReader()
                 while let (dropped, event) = await reader.next() {
@@ -50,7 +50,6 @@ extension API {
                     buffer.writeBytes(event.line)
                     try await writer.write(buffer)
                 }
-                try await writer.finish(nil)
             }
         )
     }

@@ -1,24 +1,19 @@
-import Hummingbird
 import KeelCPU
 import KeelQEMU
 
 /// The hypervisor CPU queries (virsh's `hypervisor-cpu-compare` and `hypervisor-cpu-baseline`):
 /// CPUs judged against what this host's QEMU provides. Queries: never gated.
 extension API {
-    static let hypervisorCPUEndpoints: [(HTTPRequest.Method, String)] = [
-        (.post, "/v1/hypervisor-cpu/compare"), (.post, "/v1/hypervisor-cpu/baseline"),
+    static let hypervisorCPUEndpoints: [Endpoint] = [
+        .task(.POST, "/v1/hypervisor-cpu/compare") { api, request in try await api.compareHypervisorCPU(request) },
+        .task(.POST, "/v1/hypervisor-cpu/baseline") { api, request in try await api.baselineHypervisorCPU(request) },
     ]
 
     /// The most CPUs one baseline request may carry.
     static let maximumBaselineCPUs = 1024
 
-    func registerHypervisorCPU(on router: Router<Context>) {
-        router.post("/v1/hypervisor-cpu/compare") { request, _ in try await self.compareHypervisorCPU(request) }
-        router.post("/v1/hypervisor-cpu/baseline") { request, _ in try await self.baselineHypervisorCPU(request) }
-    }
-
-    func compareHypervisorCPU(_ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.HypervisorCPUCompareRequest.self, from: request)
+    func compareHypervisorCPU(_ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.HypervisorCPUCompareRequest.self, from: request)
         let cpu = try Self.cpu(body.cpu, field: "cpu")
         let comparison = try await driver.compareHypervisorCPU(cpu, virtType: body.virtType, failIncompatible: body.failIncompatible ?? false)
         return try JSONBody.response(APIModels.CPUComparisonResult(
@@ -26,8 +21,8 @@ extension API {
         ))
     }
 
-    func baselineHypervisorCPU(_ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.HypervisorCPUBaselineRequest.self, from: request)
+    func baselineHypervisorCPU(_ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.HypervisorCPUBaselineRequest.self, from: request)
         guard !body.cpus.isEmpty else { throw APIError.badRequest("'cpus' must hold at least one <cpu>") }
         guard body.cpus.count <= Self.maximumBaselineCPUs else {
             throw APIError.badRequest("'cpus' holds \(body.cpus.count) CPUs; the limit is \(Self.maximumBaselineCPUs)")

@@ -1,63 +1,55 @@
-import Hummingbird
 import KeelQEMU
 
 /// Shutdown, reboot, managed save, autostart and the job in progress.
 extension API {
-    static let lifecycleEndpoints: [(HTTPRequest.Method, String)] = [
-        (.post, "/v1/domains/{name}/shutdown"), (.post, "/v1/domains/{name}/reboot"),
-        (.get, "/v1/domains/{name}/managedsave"), (.post, "/v1/domains/{name}/managedsave"), (.delete, "/v1/domains/{name}/managedsave"),
-        (.put, "/v1/domains/{name}/managedsave"),
-        (.put, "/v1/domains/{name}/autostart"),
-        (.get, "/v1/domains/{name}/job"), (.post, "/v1/domains/{name}/job/abort"),
-    ]
-
-    func registerLifecycle(on router: Router<Context>) {
-        router.post("/v1/domains/{name}/shutdown") { request, context in try await self.shutdown(try Self.name(context), request) }
-        router.post("/v1/domains/{name}/reboot") { request, context in
-            try await self.simpleJob("reboot", try Self.name(context), request) { driver, name in try await driver.reboot(name: name) }
-        }
-        router.get("/v1/domains/{name}/managedsave") { _, context in
-            let name = try Self.name(context)
-            return try JSONBody.response(APIModels.XMLDocument(xml: try self.driver.managedSaveXML(name: name)))
-        }
-        router.post("/v1/domains/{name}/managedsave") { request, context in try await self.managedSave(try Self.name(context), request) }
-        router.delete("/v1/domains/{name}/managedsave") { _, context in
-            let name = try Self.name(context)
-            let removed = try await self.gated("managedsave-remove", name) { driver in try driver.removeManagedSave(name: name) }
+    static let lifecycleEndpoints: [Endpoint] = [
+        .task(.POST, "/v1/domains/{name}/shutdown") { api, request in try await api.shutdown(try API.name(request), request) },
+        .task(.POST, "/v1/domains/{name}/reboot") { api, request in
+            try await api.simpleJob("reboot", try API.name(request)) { driver, name in try await driver.reboot(name: name) }
+        },
+        // Reads the image's header and XML: a task, as the file may be on slow storage.
+        .task(.GET, "/v1/domains/{name}/managedsave") { api, request in
+            let name = try API.name(request)
+            return try JSONBody.response(APIModels.XMLDocument(xml: try api.driver.managedSaveXML(name: name)))
+        },
+        .task(.POST, "/v1/domains/{name}/managedsave") { api, request in try await api.managedSave(try API.name(request), request) },
+        .task(.DELETE, "/v1/domains/{name}/managedsave") { api, request in
+            let name = try API.name(request)
+            let removed = try await api.gated("managedsave-remove", name) { driver in try driver.removeManagedSave(name: name) }
             return try JSONBody.response(APIModels.ManagedSaveRemoved(name: name, job: "managedsave-remove", removed: removed))
-        }
-        router.put("/v1/domains/{name}/managedsave") { request, context in
-            let name = try Self.name(context)
-            let body = try await JSONBody.decode(APIModels.ManagedSaveDefineRequest.self, from: request)
-            let changed = try await self.gated("managedsave-define", name) { driver in
+        },
+        .task(.PUT, "/v1/domains/{name}/managedsave") { api, request in
+            let name = try API.name(request)
+            let body = try JSONBody.decode(APIModels.ManagedSaveDefineRequest.self, from: request)
+            let changed = try await api.gated("managedsave-define", name) { driver in
                 try driver.managedSaveDefine(name: name, xml: body.xml, running: body.running)
             }
             return try JSONBody.response(APIModels.ManagedSaveDefined(name: name, job: "managedsave-define", changed: changed))
-        }
-        router.put("/v1/domains/{name}/autostart") { request, context in
-            let name = try Self.name(context)
-            let body = try await JSONBody.decode(APIModels.AutostartRequest.self, from: request)
-            try await self.gated("autostart", name) { driver in try driver.setAutostart(name: name, body.enabled) }
-            return try JSONBody.response(try self.info(name, driver: self.driver))
-        }
-        router.get("/v1/domains/{name}/job") { _, context in
-            let name = try Self.name(context)
-            return try JSONBody.response(APIModels.JobInfo(name: name, job: try self.driver.jobInfo(name: name).map(APIModels.Job.init)))
-        }
-        router.post("/v1/domains/{name}/job/abort") { request, context in try await self.abortJob(try Self.name(context), request) }
-    }
+        },
+        .task(.PUT, "/v1/domains/{name}/autostart") { api, request in
+            let name = try API.name(request)
+            let body = try JSONBody.decode(APIModels.AutostartRequest.self, from: request)
+            try await api.gated("autostart", name) { driver in try driver.setAutostart(name: name, body.enabled) }
+            return try JSONBody.response(try api.info(name, driver: api.driver))
+        },
+        .inline(.GET, "/v1/domains/{name}/job") { api, request in
+            let name = try API.name(request)
+            return try JSONBody.response(APIModels.JobInfo(name: name, job: try api.driver.jobInfo(name: name).map(APIModels.Job.init)))
+        },
+        .task(.POST, "/v1/domains/{name}/job/abort") { api, request in try await api.abortJob(try API.name(request), request) },
+    ]
 
     /// Asks the guest to power off and waits for QEMU to exit. Not gated for the wait: as in the
     /// driver, the domain is held only while the request is sent, so `destroy` works meanwhile.
-    func shutdown(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
+    func shutdown(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
         let timeout = try Self.seconds(body.timeout, default: 60, field: "timeout")
         try await ungated("shutdown", name) { driver in try await driver.shutdown(name: name, timeout: timeout) }
         return try JSONBody.response(APIModels.JobResult(name: name, job: "shutdown", state: try driver.state(of: name).0.rawValue))
     }
 
-    func managedSave(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.ManagedSaveRequest.self, from: request)
+    func managedSave(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.ManagedSaveRequest.self, from: request)
         let started = ContinuousClock.now
         let path = driver.store.managedSavePath(name)
         try await gated("managedsave", name, started: started, publishing: { _ in [DomainEvent(.saved, domain: name, detail: path)] }) { driver in
@@ -71,8 +63,8 @@ extension API {
     }
 
     /// Stops the save or restore in progress. Never gated: the job to abort holds the gate.
-    func abortJob(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
+    func abortJob(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.ShutdownRequest.self, from: request)
         let timeout = try Self.seconds(body.timeout, default: 30, field: "timeout")
         let job = try await ungated("abort", name) { driver in try await driver.abortJob(name: name, timeout: timeout) }
         return try JSONBody.response(APIModels.JobInfo(name: name, job: APIModels.Job(job)))

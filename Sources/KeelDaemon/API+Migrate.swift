@@ -1,4 +1,3 @@
-import Hummingbird
 import KeelCPU
 import KeelDomain
 import KeelMigration
@@ -6,18 +5,14 @@ import KeelQEMU
 
 /// Live migration to a peer `keeld`.
 extension API {
-    static let migrationEndpoints: [(HTTPRequest.Method, String)] = [
-        (.post, "/v1/domains/{name}/migrate"),
+    static let migrationEndpoints: [Endpoint] = [
+        .task(.POST, "/v1/domains/{name}/migrate") { api, request in try await api.migrate(try API.name(request), request) },
     ]
-
-    func registerMigration(on router: Router<Context>) {
-        router.post("/v1/domains/{name}/migrate") { request, context in try await self.migrate(try Self.name(context), request) }
-    }
 
     /// Migrates a running domain to the peer named by `destination` and answers once the
     /// destination owns the guest (or the migration failed and the guest is back here).
-    func migrate(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.MigrateRequest.self, from: request)
+    func migrate(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.MigrateRequest.self, from: request)
         guard let migration else {
             throw QEMUError(.unsupported, "migration is not available in this keeld")
         }

@@ -1,5 +1,4 @@
 import Glibc
-import Hummingbird
 import KeelCPU
 import KeelDomain
 import KeelQEMU
@@ -27,64 +26,46 @@ struct API: Sendable {
 
     var driver: Driver { holder.driver }
 
-    typealias Context = DaemonRequestContext
+    /// Every route, for dispatch and for telling 405 from 404.
+    static let routes = RouteTable(allEndpoints)
 
-    /// Every route, for registration and for telling 405 from 404.
-    static let routes: RouteTable = {
-        var table = RouteTable()
-        for (method, path) in allEndpoints { table.add(method.rawValue, path) }
-        return table
-    }()
-
-    /// Every endpoint the daemon registers, as `docs/api/openapi.json` must describe them.
-    static var allEndpoints: [(HTTPRequest.Method, String)] {
+    /// Every endpoint the daemon serves, as `docs/api/openapi.json` must describe them.
+    static var allEndpoints: [Endpoint] {
         endpoints + lifecycleEndpoints + hypervisorCPUEndpoints + migrationEndpoints
     }
 
-    static let endpoints: [(HTTPRequest.Method, String)] = [
-        (.get, "/openapi.json"), (.get, "/metrics"),
-        (.get, "/v1/capabilities"), (.get, "/v1/domcapabilities"),
-        (.get, "/v1/domains"), (.post, "/v1/domains"),
-        (.get, "/v1/domains/{name}"), (.delete, "/v1/domains/{name}"), (.get, "/v1/domains/{name}/xml"),
-        (.post, "/v1/domains/{name}/start"), (.post, "/v1/domains/{name}/destroy"),
-        (.post, "/v1/domains/{name}/suspend"), (.post, "/v1/domains/{name}/resume"),
-        (.post, "/v1/domains/{name}/save"), (.post, "/v1/restore"),
-        (.get, "/v1/events"),
-    ]
-
-    func register(on router: Router<Context>) {
-        router.get("/openapi.json") { _, _ in JSONBody.text(OpenAPIDocument.text, contentType: "application/json") }
-        router.get("/metrics") { _, _ in try self.metricsText() }
-        router.get("/v1/capabilities") { _, _ in try await self.capabilities() }
-        router.get("/v1/domcapabilities") { request, _ in try await self.domainCapabilities(request) }
-        router.get("/v1/domains") { _, _ in try self.list() }
-        router.post("/v1/domains") { request, _ in try await self.define(request) }
-        router.get("/v1/domains/{name}") { _, context in try self.info(try Self.name(context)) }
-        router.delete("/v1/domains/{name}") { _, context in try await self.undefine(try Self.name(context)) }
-        router.get("/v1/domains/{name}/xml") { request, context in try self.xml(try Self.name(context), request) }
-        router.post("/v1/domains/{name}/start") { request, context in try await self.start(try Self.name(context), request) }
-        router.post("/v1/domains/{name}/destroy") { request, context in
-            try await self.simpleJob("destroy", try Self.name(context), request, event: (.stopped, "destroyed")) { driver, name in
+    static let endpoints: [Endpoint] = [
+        .inline(.GET, "/openapi.json") { _, _ in JSONBody.text(OpenAPIDocument.text, contentType: "application/json") },
+        .task(.GET, "/metrics") { api, _ in try api.metricsText() },
+        .task(.GET, "/v1/capabilities") { api, _ in try await api.capabilities() },
+        .task(.GET, "/v1/domcapabilities") { api, request in try await api.domainCapabilities(request) },
+        // A list reads every domain's files: a task, so that it never holds up the loop's
+        // other connections for as long as that takes.
+        .task(.GET, "/v1/domains") { api, _ in try api.list() },
+        .task(.POST, "/v1/domains") { api, request in try await api.define(request) },
+        .inline(.GET, "/v1/domains/{name}") { api, request in try api.info(try API.name(request)) },
+        .task(.DELETE, "/v1/domains/{name}") { api, request in try await api.undefine(try API.name(request)) },
+        .inline(.GET, "/v1/domains/{name}/xml") { api, request in try api.xml(try API.name(request), request) },
+        .task(.POST, "/v1/domains/{name}/start") { api, request in try await api.start(try API.name(request), request) },
+        .task(.POST, "/v1/domains/{name}/destroy") { api, request in
+            try await api.simpleJob("destroy", try API.name(request), event: (.stopped, "destroyed")) { driver, name in
                 try await driver.destroy(name: name)
             }
-        }
-        router.post("/v1/domains/{name}/suspend") { request, context in
-            try await self.simpleJob("suspend", try Self.name(context), request, event: (.paused, "user")) { driver, name in
+        },
+        .task(.POST, "/v1/domains/{name}/suspend") { api, request in
+            try await api.simpleJob("suspend", try API.name(request), event: (.paused, "user")) { driver, name in
                 try await driver.setPaused(name: name, true)
             }
-        }
-        router.post("/v1/domains/{name}/resume") { request, context in
-            try await self.simpleJob("resume", try Self.name(context), request, event: (.resumed, "user")) { driver, name in
+        },
+        .task(.POST, "/v1/domains/{name}/resume") { api, request in
+            try await api.simpleJob("resume", try API.name(request), event: (.resumed, "user")) { driver, name in
                 try await driver.setPaused(name: name, false)
             }
-        }
-        router.post("/v1/domains/{name}/save") { request, context in try await self.save(try Self.name(context), request) }
-        router.post("/v1/restore") { request, _ in try await self.restore(request) }
-        router.get("/v1/events") { request, context in try self.events(request, context) }
-        registerLifecycle(on: router)
-        registerHypervisorCPU(on: router)
-        registerMigration(on: router)
-    }
+        },
+        .task(.POST, "/v1/domains/{name}/save") { api, request in try await api.save(try API.name(request), request) },
+        .task(.POST, "/v1/restore") { api, request in try await api.restore(request) },
+        .inline(.GET, "/v1/events") { api, request in try api.events(request) },
+    ]
 
     // MARK: jobs
 
@@ -134,18 +115,17 @@ struct API: Sendable {
     }
 
     func simpleJob(
-        _ job: String, _ name: String, _ request: Request, event: (kind: DomainEvent.Kind, detail: String)? = nil,
+        _ job: String, _ name: String, event: (kind: DomainEvent.Kind, detail: String)? = nil,
         _ body: @escaping @Sendable (Driver, String) async throws -> Void
-    ) async throws -> Response {
-        _ = try await JSONBody.collect(request)
+    ) async throws -> APIResponse {
         try await gated(job, name, publishing: { _ in event.map { [DomainEvent($0.kind, domain: name, detail: $0.detail)] } ?? [] }) { driver in
             try await body(driver, name)
         }
         return try JSONBody.response(APIModels.JobResult(name: name, job: job, state: try driver.state(of: name).0.rawValue))
     }
 
-    func define(_ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.DefineRequest.self, from: request)
+    func define(_ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.DefineRequest.self, from: request)
         let name: String
         do {
             name = try DomainDefinition(xmlString: body.xml).name
@@ -162,15 +142,15 @@ struct API: Sendable {
         return try JSONBody.response(try info(name, driver: driver), status: .created)
     }
 
-    func undefine(_ name: String) async throws -> Response {
+    func undefine(_ name: String) async throws -> APIResponse {
         try await gated("undefine", name, publishing: { _ in [DomainEvent(.undefined, domain: name)] }) { driver in
             try driver.undefine(name: name)
         }
         return try JSONBody.response(APIModels.JobResult(name: name, job: "undefine", state: try driver.state(of: name).0.rawValue))
     }
 
-    func start(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.StartRequest.self, from: request)
+    func start(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.StartRequest.self, from: request)
         let managedSave = driver.store.managedSavePath(name)
         let status = try await gated("start", name, publishing: { status in
             // A start that restored the managed-save image reports it as the restore it was.
@@ -182,8 +162,8 @@ struct API: Sendable {
         return try JSONBody.response(APIModels.JobResult(name: name, job: "start", state: status.state.rawValue))
     }
 
-    func save(_ name: String, _ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.SaveRequest.self, from: request)
+    func save(_ name: String, _ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.SaveRequest.self, from: request)
         try Self.requireAbsolute(body.file)
         let compression = try body.compress.map { text in
             guard let compression = SaveImageCompression(name: text) else {
@@ -202,8 +182,8 @@ struct API: Sendable {
         ))
     }
 
-    func restore(_ request: Request) async throws -> Response {
-        let body = try await JSONBody.decode(APIModels.RestoreRequest.self, from: request)
+    func restore(_ request: APIRequest) async throws -> APIResponse {
+        let body = try JSONBody.decode(APIModels.RestoreRequest.self, from: request)
         try Self.requireAbsolute(body.file)
         let started = ContinuousClock.now
         let driver = self.driver
@@ -235,7 +215,7 @@ struct API: Sendable {
 
     // MARK: queries
 
-    func list() throws -> Response {
+    func list() throws -> APIResponse {
         let driver = self.driver
         let domains = try driver.list().map {
             APIModels.DomainSummary(
@@ -246,7 +226,7 @@ struct API: Sendable {
         return try JSONBody.response(APIModels.DomainList(domains: domains))
     }
 
-    func info(_ name: String) throws -> Response {
+    func info(_ name: String) throws -> APIResponse {
         try JSONBody.response(try info(name, driver: driver))
     }
 
@@ -265,14 +245,14 @@ struct API: Sendable {
         )
     }
 
-    func xml(_ name: String, _ request: Request) throws -> Response {
+    func xml(_ name: String, _ request: APIRequest) throws -> APIResponse {
         let inactive = try Self.flag(request, "inactive")
         let migratable = try Self.flag(request, "migratable")
         let definition = try driver.xml(name: name, inactive: inactive, migratable: migratable)
         return try JSONBody.response(APIModels.XMLDocument(xml: definition.formatted()))
     }
 
-    func capabilities() async throws -> Response {
+    func capabilities() async throws -> APIResponse {
         let driver = self.driver
         let tcg = try await driver.capabilities(.tcg)
         let kvm = try await kvmIfAvailable(driver)
@@ -284,14 +264,14 @@ struct API: Sendable {
         return try JSONBody.response(APIModels.CapabilitiesDocument(xml: host.xmlElement.formatted(), report: host.report))
     }
 
-    func domainCapabilities(_ request: Request) async throws -> Response {
+    func domainCapabilities(_ request: APIRequest) async throws -> APIResponse {
         let driver = self.driver
-        let machine = request.uri.queryParameters.get("machine")
-        if let arch = request.uri.queryParameters.get("arch"), arch != "x86_64" {
+        let machine = request.query("machine")
+        if let arch = request.query("arch"), arch != "x86_64" {
             throw APIError.badRequest("architecture '\(arch)' is not supported: only x86_64")
         }
         let capabilities: QEMUCapabilities
-        if let virtType = request.uri.queryParameters.get("virttype") {
+        if let virtType = request.query("virttype") {
             guard let accelerator = QEMUCapabilities.Accelerator(domainType: virtType) else {
                 throw APIError.badRequest("unknown virttype '\(virtType)': use kvm or qemu")
             }
@@ -306,7 +286,7 @@ struct API: Sendable {
         return try JSONBody.response(APIModels.DomainCapabilitiesDocument(xml: element.formatted(), report: report))
     }
 
-    func metricsText() throws -> Response {
+    func metricsText() throws -> APIResponse {
         var domains: [String: Int] = [:]
         for domain in try driver.list() { domains[domain.state.rawValue, default: 0] += 1 }
         let counts = bus.counts
@@ -324,14 +304,14 @@ struct API: Sendable {
         }
     }
 
-    static func name(_ context: Context) throws -> String {
-        guard let name = context.parameters.get("name") else { throw APIError.badRequest("missing domain name") }
+    static func name(_ request: APIRequest) throws -> String {
+        guard let name = request.parameters["name"] else { throw APIError.badRequest("missing domain name") }
         try DomainStore.validate(name: name)
         return name
     }
 
-    static func flag(_ request: Request, _ key: String) throws -> Bool {
-        guard let value = request.uri.queryParameters.get(key) else { return false }
+    static func flag(_ request: APIRequest, _ key: String) throws -> Bool {
+        guard let value = request.query(key) else { return false }
         switch value {
         case "true", "1", "yes", "": return true
         case "false", "0", "no": return false

@@ -1,5 +1,4 @@
-import Hummingbird
-import NIOCore
+import NIOHTTP1
 import KeelCPU
 import KeelQEMU
 
@@ -11,11 +10,11 @@ import KeelQEMU
 /// client can act on it without parsing the message; CPU refusals keep every feature with its
 /// CPUID bits.
 struct APIError: Error, Sendable {
-    var status: HTTPResponse.Status
+    var status: HTTPResponseStatus
     var code: String
     var message: String
     var features: [CPUFeatureProblem] = []
-    var headers: HTTPFields = [:]
+    var headers: HTTPHeaders = [:]
 
     static func badRequest(_ message: String) -> APIError {
         APIError(status: .badRequest, code: "bad-request", message: message)
@@ -28,14 +27,12 @@ struct APIError: Error, Sendable {
             self = error
         case let error as QEMUError:
             self.init(status: Self.status(for: error.code), code: error.code.rawValue, message: error.message, features: error.features)
-        case let error as HTTPError:
-            self.init(http: error)
         default:
             self.init(status: .internalServerError, code: "internal", message: "\(error)")
         }
     }
 
-    init(status: HTTPResponse.Status, code: String, message: String, features: [CPUFeatureProblem] = [], headers: HTTPFields = [:]) {
+    init(status: HTTPResponseStatus, code: String, message: String, features: [CPUFeatureProblem] = [], headers: HTTPHeaders = [:]) {
         self.status = status
         self.code = code
         self.message = message
@@ -43,26 +40,15 @@ struct APIError: Error, Sendable {
         self.headers = headers
     }
 
-    private init(http error: HTTPError) {
-        let message = error.body ?? error.status.reasonPhrase.lowercased()
-        switch error.status {
-        case .notFound: self.init(status: .notFound, code: "not-found", message: error.body ?? "no such endpoint")
-        case .contentTooLarge: self.init(status: .contentTooLarge, code: "payload-too-large", message: message)
-        case .badRequest: self.init(status: .badRequest, code: "bad-request", message: message)
-        case .methodNotAllowed: self.init(status: .methodNotAllowed, code: "method-not-allowed", message: message)
-        default: self.init(status: error.status, code: error.status.code >= 500 ? "internal" : "bad-request", message: message)
-        }
-    }
-
     /// A job stopped by an abort request.
     static let aborted = QEMUError.Code(rawValue: "aborted")
 
     /// The HTTP status for a driver error code.
-    static func status(for code: QEMUError.Code) -> HTTPResponse.Status {
+    static func status(for code: QEMUError.Code) -> HTTPResponseStatus {
         switch code {
         case .notFound: return .notFound
         case .busy, .invalidState, .alreadyExists, Self.aborted: return .conflict
-        case .incompatibleCPU: return .unprocessableContent
+        case .incompatibleCPU: return .unprocessableEntity
         case .invalidArgument, .unsupported: return .badRequest
         default: return .internalServerError
         }
@@ -121,47 +107,6 @@ struct FeatureBody: Codable, Sendable, Equatable {
                     Bit(type: "msr", index: index, register: register.rawValue, bit: $0, description: location.description)
                 }
             }
-        }
-    }
-}
-
-/// Turns every error below it — handlers, the router's not-found, body limits — into the API's
-/// JSON error response, so a bad request never ends a connection without an answer.
-struct ErrorMiddleware: RouterMiddleware {
-    typealias Context = DaemonRequestContext
-    let routes: RouteTable
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        do {
-            return try await next(request, context)
-        } catch {
-            var apiError = APIError(error)
-            if apiError.status == .notFound, apiError.code == "not-found", context.endpointPath == "NotFound" {
-                // The router does not distinguish an unknown path from a known path with the
-                // wrong method; the route table does.
-                let allowed = routes.methods(forPath: request.uri.path)
-                if !allowed.isEmpty {
-                    apiError = APIError(
-                        status: .methodNotAllowed, code: "method-not-allowed",
-                        message: "\(request.method.rawValue) is not allowed on \(request.uri.path) (allowed: \(allowed.joined(separator: ", ")))",
-                        headers: [.allow: allowed.joined(separator: ", ")]
-                    )
-                } else {
-                    apiError.message = "no such endpoint: \(request.method.rawValue) \(request.uri.path)"
-                }
-            }
-            context.logger.debug("request failed", metadata: [
-                "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(apiError.status.code)", "code": "\(apiError.code)",
-            ])
-            var response = try JSONBody.response(apiError.body, status: apiError.status)
-            response.headers.append(contentsOf: apiError.headers)
-            if apiError.status == .contentTooLarge {
-                // The rest of the body is never read: close once the answer is out, so a client
-                // still sending sees the connection end instead of waiting for a reader.
-                let channel = context.channel
-                channel.eventLoop.scheduleTask(in: .milliseconds(100)) { channel.close(promise: nil) }
-            }
-            return response
         }
     }
 }

@@ -1,8 +1,5 @@
 import Glibc
-import Hummingbird
 import KeelQEMU
-import NIOConcurrencyHelpers
-import NIOCore
 
 /// The Unix socket the API listens on: its directory, a stale socket left by a killed daemon,
 /// its owner and mode, and who may talk through it.
@@ -131,61 +128,5 @@ struct ControlSocket: Sendable {
             }
         }
         return []
-    }
-}
-
-/// Refuses requests from peers the control socket does not allow (403), whatever the socket
-/// file's mode.
-struct PeerCredentialMiddleware: RouterMiddleware {
-    typealias Context = DaemonRequestContext
-    let socket: ControlSocket
-    let allowed = AllowedConnections()
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        // A connection's credentials are fixed when it is made, so a keep-alive connection is
-        // checked on its first request only (which spares every later one a hop to the event loop).
-        if allowed.contains(context.channel) {
-            return try await next(request, context)
-        }
-        guard let provider = context.channel as? any SocketOptionProvider else {
-            throw APIError(status: .forbidden, code: "forbidden", message: "peer credentials are not available on this connection")
-        }
-        // `struct ucred { pid_t pid; uid_t uid; gid_t gid; }` (Linux); Glibc only declares it
-        // under _GNU_SOURCE, and a tuple has the same C layout.
-        let credentials: (pid: pid_t, uid: uid_t, gid: gid_t)
-        do {
-            credentials = try await provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED)).get()
-        } catch {
-            throw APIError(status: .forbidden, code: "forbidden", message: "cannot read the peer's credentials: \(error)")
-        }
-        guard socket.allows(uid: credentials.uid, gid: credentials.gid, pid: credentials.pid) else {
-            context.logger.warning("refused a peer", metadata: ["uid": "\(credentials.uid)", "gid": "\(credentials.gid)", "pid": "\(credentials.pid)"])
-            throw APIError(status: .forbidden, code: "forbidden", message: "uid \(credentials.uid) may not use keeld (root\(socket.group.map { " or group \($0.name)" } ?? "") only)")
-        }
-        allowed.insert(context.channel)
-        return try await next(request, context)
-    }
-}
-
-/// The open connections whose peer was allowed; each leaves the set when it closes.
-final class AllowedConnections: Sendable {
-    private let channels = NIOLockedValueBox<Set<ObjectIdentifier>>([])
-
-    func contains(_ channel: any Channel) -> Bool {
-        channels.withLockedValue { $0.contains(ObjectIdentifier(channel)) }
-    }
-
-    var count: Int { channels.withLockedValue { $0.count } }
-
-    func insert(_ channel: any Channel) {
-        let id = ObjectIdentifier(channel)
-        guard channels.withLockedValue({ $0.insert(id).inserted }) else { return }
-        // The closure keeps the channel alive until it ran, so its identifier cannot be reused
-        // by a new connection while it is still in the set.
-        channel.closeFuture.whenComplete { [channels] _ in
-            withExtendedLifetime(channel) {
-                _ = channels.withLockedValue { $0.remove(id) }
-            }
-        }
     }
 }

@@ -1,5 +1,4 @@
 import Glibc
-import Hummingbird
 import KeelMigration
 import KeelQEMU
 import Logging
@@ -86,9 +85,6 @@ public struct Daemon: Sendable {
         // freed goes back to the kernel before keeld idles.
         HeapTrimmer.trim()
 
-        let router = Router(context: DaemonRequestContext.self)
-        router.add(middleware: ErrorMiddleware(routes: API.routes))
-        router.add(middleware: PeerCredentialMiddleware(socket: socket))
         let endpoint = try configuration.listen.map { try PeerEndpoint(parsing: $0) }
         if endpoint?.scheme == .tcp && !configuration.insecure {
             throw QEMUError(.invalidArgument, "--listen tcp://… is plaintext: add --insecure to accept that, or use tls:// with --tls-dir")
@@ -109,31 +105,25 @@ public struct Daemon: Sendable {
             bus: bus, watcher: watcher
         )
         api.migration = migration
-        api.register(on: router)
 
         // Bind with a private umask so the socket is never reachable by others before its mode
         // is set; restored once the server is listening.
         let previousMask = umask(0o177)
         let logger = self.logger
         let boundInode = NIOLockedValueBox<ino_t?>(nil)
-        let application = Application(
-            router: router,
-            configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socket.path), serverName: "keeld"),
-            onServerRunning: { _ in
-                do {
-                    try socket.secure()
-                } catch {
-                    logger.error("cannot secure the socket", metadata: ["error": "\(error)"])
-                }
-                umask(previousMask)
-                boundInode.withLockedValue { $0 = socket.inode }
-                logger.info("keeld ready", metadata: [
-                    "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
-                ])
-            },
-            logger: logger
-        )
-        var services: [any Service] = [application, ReloadService(holder: holder, logger: logger)]
+        let server = APIServer(api: api, socket: socket, logger: logger) {
+            do {
+                try socket.secure()
+            } catch {
+                logger.error("cannot secure the socket", metadata: ["error": "\(error)"])
+            }
+            umask(previousMask)
+            boundInode.withLockedValue { $0 = socket.inode }
+            logger.info("keeld ready", metadata: [
+                "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
+            ])
+        }
+        var services: [any Service] = [server, ReloadService(holder: holder, logger: logger)]
         if let endpoint {
             services.append(PeerListenerService(service: migration, endpoint: endpoint))
         }

@@ -110,10 +110,36 @@ public struct QEMUProcess: Sendable {
         var status: Int32 = 0
         if waitpid(pid, &status, WNOHANG) == pid { return false }
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        // keeld asks this for every status query of a running guest: `stat` first, whose command
+        // name is usually enough; `cmdline` (read from the process's memory, dearer) only when
+        // the executable's name does not say qemu.
+        guard let stat = try? POSIXFile.read("/proc/\(pid)/stat") else { return false }
+        let (command, zombie) = Self.parse(stat: stat)
+        if zombie { return false }
+        if Self.contains(command, "qemu") { return true }
         guard let cmdline = try? POSIXFile.read("/proc/\(pid)/cmdline") else { return false }
-        let text = String(decoding: cmdline, as: UTF8.self)
-        if let stat = try? POSIXFile.readString("/proc/\(pid)/stat"), stat.contains(") Z ") { return false }
-        return text.contains("qemu")
+        return Self.contains(cmdline, "qemu")
+    }
+
+    /// The command name of `/proc/PID/stat` (in parentheses, and may itself contain ") ") and
+    /// whether the state after it says zombie.
+    static func parse(stat: [UInt8]) -> (command: [UInt8], zombie: Bool) {
+        guard let open = stat.firstIndex(of: UInt8(ascii: "(")), let close = stat.lastIndex(of: UInt8(ascii: ")")), open < close else {
+            return ([], false)
+        }
+        let zombie = close + 2 < stat.count && stat[close + 1] == UInt8(ascii: " ") && stat[close + 2] == UInt8(ascii: "Z")
+        return (Array(stat[(open + 1)..<close]), zombie)
+    }
+
+    static func contains(_ bytes: [UInt8], _ needle: StaticString) -> Bool {
+        let pattern = UnsafeBufferPointer(start: needle.utf8Start, count: needle.utf8CodeUnitCount)
+        guard let first = pattern.first, bytes.count >= pattern.count else { return pattern.isEmpty }
+        var index = 0
+        while index <= bytes.count - pattern.count {
+            if bytes[index] == first && zip(bytes[index...], pattern).allSatisfy({ $0 == $1 }) { return true }
+            index += 1
+        }
+        return false
     }
 
     /// Stops QEMU: SIGTERM, then SIGKILL after `grace`; waits until it is gone.

@@ -29,7 +29,7 @@ struct OpenAPIDocumentTests {
                 documented.insert("\(method.uppercased()) \(path)")
             }
         }
-        let registered = Set(API.allEndpoints.map { "\($0.0.rawValue) \($0.1)" })
+        let registered = Set(API.allEndpoints.map { "\($0.method.rawValue) \($0.path)" })
         #expect(documented == registered)
         let schemas = try #require((object["components"] as? [String: Any])?["schemas"] as? [String: Any])
         #expect(schemas["Error"] != nil)
