@@ -130,3 +130,57 @@ struct ControlSocket: Sendable {
         return []
     }
 }
+
+/// systemd socket activation (`sd_listen_fds(3)`): the API's socket inherited as fd 3 when
+/// `LISTEN_PID` names this process.
+enum SocketActivation {
+    /// The first file descriptor passed (`SD_LISTEN_FDS_START`).
+    static let firstDescriptor: Int32 = 3
+
+    /// The inherited listening socket, or nil when keeld was not socket-activated. Removes the
+    /// `LISTEN_*` variables, so that nothing keeld starts takes them for its own.
+    ///
+    /// - Throws: `QEMUError` `.invalidArgument` when the passed descriptors are not exactly one
+    ///   listening Unix stream socket (keeld never serves its API on a network socket).
+    static func inheritedSocket() throws -> Int32? {
+        defer {
+            for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(name) }
+        }
+        guard let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(),
+              let count = getenv("LISTEN_FDS").flatMap({ Int(String(cString: $0)) })
+        else { return nil }
+        guard count == 1 else {
+            throw QEMUError(.invalidArgument, "socket activation passed \(count) sockets; keeld serves exactly one (ListenStream= once in keeld.socket)")
+        }
+        let fd = firstDescriptor
+        guard option(fd, SO_DOMAIN) == AF_UNIX, option(fd, SO_TYPE) == Int32(SOCK_STREAM.rawValue) else {
+            throw QEMUError(.invalidArgument, "socket activation passed fd \(fd), which is not a Unix stream socket: keeld's API listens on a Unix socket only")
+        }
+        guard option(fd, SO_ACCEPTCONN) == 1 else {
+            throw QEMUError(.invalidArgument, "socket activation passed fd \(fd), which is not listening")
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return fd
+    }
+
+    /// The path a Unix socket is bound to, when it has one.
+    static func path(of fd: Int32) -> String? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let result = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard result == 0 else { return nil }
+        let path = withUnsafeBytes(of: &address.sun_path) { buffer in
+            String(decoding: buffer.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        return path.isEmpty ? nil : path
+    }
+
+    private static func option(_ fd: Int32, _ name: Int32) -> Int32? {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, name, &value, &length) == 0 else { return nil }
+        return value
+    }
+}

@@ -71,7 +71,15 @@ public struct Daemon: Sendable {
     public func run() async throws {
         let holder = try DriverHolder(stateDirectory: configuration.stateDirectory)
         let socket = try ControlSocket(path: configuration.socketPath, group: configuration.group)
-        if try socket.prepare() {
+        // Socket-activated (systemd's keeld.socket owns the socket file, its owner and mode), or
+        // keeld binds the socket itself.
+        let inherited = try SocketActivation.inheritedSocket()
+        if let inherited {
+            let path = SocketActivation.path(of: inherited) ?? "?"
+            if path != socket.path {
+                logger.warning("the activation socket is not --socket; clients must be told", metadata: ["activation": "\(path)", "socket": "\(socket.path)"])
+            }
+        } else if try socket.prepare() {
             logger.notice("removed a stale socket", metadata: ["socket": "\(socket.path)"])
         }
         reattach(holder.driver)
@@ -108,10 +116,16 @@ public struct Daemon: Sendable {
 
         // Bind with a private umask so the socket is never reachable by others before its mode
         // is set; restored once the server is listening.
-        let previousMask = umask(0o177)
+        let previousMask = inherited == nil ? umask(0o177) : 0
         let logger = self.logger
         let boundInode = NIOLockedValueBox<ino_t?>(nil)
-        let server = APIServer(api: api, socket: socket, logger: logger) {
+        let server = APIServer(api: api, socket: socket, inherited: inherited, logger: logger) {
+            if let inherited {
+                logger.info("keeld ready", metadata: [
+                    "socket": "\(SocketActivation.path(of: inherited) ?? "?")", "activated": "true", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
+                ])
+                return
+            }
             do {
                 try socket.secure()
             } catch {

@@ -130,6 +130,9 @@ struct RouteTable: Sendable {
 struct APIServer: Service {
     let api: API
     let socket: ControlSocket
+    /// A listening socket passed by systemd (socket activation), served instead of binding
+    /// `socket.path`.
+    let inherited: Int32?
     let logger: Logger
     /// Runs once the socket is bound and listening.
     let onRunning: @Sendable () -> Void
@@ -147,7 +150,7 @@ struct APIServer: Service {
                     logger.debug("the API's threads keep their priority", metadata: ["error": "\(error)"])
                 }
             }
-            let server = try await ServerBootstrap(group: group)
+            let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 256)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -156,8 +159,7 @@ struct APIServer: Service {
                         connections.add(channel)
                     }
                 }
-                .bind(unixDomainSocketPath: socket.path)
-                .get()
+            let server = try await (inherited.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(unixDomainSocketPath: socket.path)).get()
             onRunning()
             try await withGracefulShutdownHandler {
                 try await server.closeFuture.get()

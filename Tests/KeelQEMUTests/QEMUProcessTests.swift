@@ -26,7 +26,7 @@ struct QEMUProcessTests {
         let plain = try Subprocess.spawn("/bin/sleep", ["30"])
         defer { plain.signal(SIGKILL); _ = plain.wait(timeout: 5) }
         // argv[0] says qemu, the command name (sleep) does not: the arguments decide.
-        let named = try Subprocess.spawn("/bin/sh", ["-c", "exec -a qemu-stand-in /bin/sleep 30"])
+        let named = try Subprocess.spawn("/bin/bash", ["-c", "exec -a qemu-stand-in /bin/sleep 30"])
         defer { named.signal(SIGKILL); _ = named.wait(timeout: 5) }
         usleep(200_000)
         #expect(!QEMUProcess(pid: plain.pid, qmpSocket: "").isAlive, "sleep is not a QEMU")
