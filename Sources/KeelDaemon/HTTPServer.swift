@@ -317,8 +317,11 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is Drain {
+            // A request being answered finishes first; a connection idle or still sending its
+            // request closes now.
             draining = true
-            if case .idle = state { context.close(promise: nil) }
+            if case .responding = state { return }
+            context.close(promise: nil)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -333,6 +336,10 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
                 return
             }
             state = .receiving(head, context.channel.allocator.buffer(capacity: 0))
+            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                // curl asks before sending a body over 1 KiB, and waits a second for the answer.
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            }
         case .body(var chunk):
             guard case .receiving(let head, var body) = state else { return }
             let limit = JSONBody.maximumRequestSize

@@ -56,6 +56,32 @@ struct RequestErrorTests {
         }
     }
 
+    @Test("a client that asks first (Expect: 100-continue, as curl does for bodies over 1 KiB) is told to go on at once")
+    func expectContinue() async throws {
+        try await Keeld.with { keeld in
+            let fd = try UnixHTTP.connect(keeld.socket, timeout: 5)
+            defer { close(fd) }
+            let body = Array("{\"xml\": \"<domain\"}".utf8)
+            let head = "POST /v1/domains HTTP/1.1\r\nHost: keeld\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                + "Content-Length: \(body.count)\r\nExpect: 100-continue\r\n\r\n"
+            #expect(send(fd, head, head.utf8.count, Int32(MSG_NOSIGNAL)) == head.utf8.count)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = recv(fd, &buffer, buffer.count, 0)  // SO_RCVTIMEO: 5 s
+            let interim = count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : ""
+            #expect(interim.hasPrefix("HTTP/1.1 100 Continue\r\n"), "\(interim)")
+            #expect(send(fd, body, body.count, Int32(MSG_NOSIGNAL)) == body.count)
+            var rest = Data()
+            while true {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count <= 0 { break }
+                rest.append(contentsOf: buffer[0..<count])
+            }
+            let response = try UnixHTTP.parse(rest)
+            #expect(response.status == 400, "the body was read and judged: \(response.text)")
+            #expect(response.errorCode == "invalid-argument")
+        }
+    }
+
     @Test("the socket is root-only (0600); a non-root peer cannot connect, and is refused by its credentials even through a loosened socket")
     func socketAccess() async throws {
         try await Keeld.with { keeld in
