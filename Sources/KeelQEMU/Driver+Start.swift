@@ -72,7 +72,8 @@ extension Driver {
         }
         status.state = paused ? .paused : .running
         status.reason = "user"
-        try store.save(status)
+        // Atomic, not fsynced: it follows a live QEMU, which a power loss ends as well.
+        try store.save(status, durable: false)
     }
 
     func ensureNotRunning(_ name: String) throws {
