@@ -20,7 +20,7 @@ set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 BIN_DIR [TOTAL] [CONCURRENCY]" >&2; exit 2; }
 bin=$(cd "$1" && pwd)
-total=${2:-5000}
+total=${2:-20000}
 concurrency=${3:-200}
 defined=${KEEL_LOAD_DEFINED:-50}
 running=${KEEL_LOAD_RUNNING:-20}

@@ -4,6 +4,7 @@ import KeelDomain
 import KeelQEMU
 import KeelSaveImage
 import Logging
+import NIOCore
 
 /// The HTTP/JSON API: every endpoint of `docs/api/openapi.json`, on top of the driver.
 ///
@@ -227,7 +228,7 @@ struct API: Sendable {
     }
 
     func info(_ name: String) throws -> APIResponse {
-        try JSONBody.response(try info(name, driver: driver))
+        APIResponse(status: .ok, headers: ["content-type": "application/json"], body: .bytes(ByteBuffer(bytes: try info(name, driver: driver).json)))
     }
 
     func info(_ name: String, driver: Driver) throws -> APIModels.DomainInfo {
