@@ -54,6 +54,42 @@ struct ControlSocket: Sendable {
         return true
     }
 
+    /// Creates the listening socket at `path` and gives it its owner and mode. Others can never
+    /// reach it, without touching the process umask: on Linux the file takes the socket's own
+    /// mode (less the umask) at bind, and that is set to 0600 first.
+    ///
+    /// - Returns: the listening socket.
+    /// - Throws: `QEMUError` `.io` naming the step that failed.
+    func bind(backlog: Int32 = 256) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw QEMUError(.io, "cannot create a socket: \(String(cString: strerror(errno)))") }
+        var bound = false
+        do {
+            guard fchmod(fd, 0o600) == 0 else { throw QEMUError(.io, "cannot set the mode of a new socket: \(String(cString: strerror(errno)))") }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+                throw QEMUError(.invalidArgument, "socket path \(path) is longer than \(MemoryLayout.size(ofValue: address.sun_path) - 1) bytes")
+            }
+            withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+                for (index, byte) in bytes.enumerated() { buffer[index] = byte }
+            }
+            let result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard result == 0 else { throw QEMUError(.io, "cannot bind \(path): \(String(cString: strerror(errno)))") }
+            bound = true
+            try secure()
+            guard listen(fd, backlog) == 0 else { throw QEMUError(.io, "cannot listen on \(path): \(String(cString: strerror(errno)))") }
+            return fd
+        } catch {
+            close(fd)
+            if bound { unlink(path) }
+            throw error
+        }
+    }
+
     /// Gives the bound socket its owner and mode.
     func secure() throws {
         if let group, chown(path, 0, group.id) != 0 && geteuid() == 0 {
@@ -133,7 +169,7 @@ struct ControlSocket: Sendable {
 
 /// systemd socket activation (`sd_listen_fds(3)`): the API's socket inherited as fd 3 when
 /// `LISTEN_PID` names this process.
-enum SocketActivation {
+public enum SocketActivation {
     /// The first file descriptor passed (`SD_LISTEN_FDS_START`).
     static let firstDescriptor: Int32 = 3
 
@@ -142,7 +178,9 @@ enum SocketActivation {
     ///
     /// - Throws: `QEMUError` `.invalidArgument` when the passed descriptors are not exactly one
     ///   listening Unix stream socket (keeld never serves its API on a network socket).
-    static func inheritedSocket() throws -> Int32? {
+    ///
+    /// Call it first in `main`, before other threads may read the environment.
+    public static func inheritedSocket() throws -> Int32? {
         defer {
             for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(name) }
         }

@@ -2,7 +2,6 @@ import Glibc
 import KeelMigration
 import KeelQEMU
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
 
@@ -30,6 +29,9 @@ public struct DaemonConfiguration: Sendable {
     /// stops and waits, so that a test can inject a fault at exactly that point (see
     /// `MigrationService.hold`). Empty, as it always is in production, it does nothing.
     public var testHolds: [String]
+    /// The listening socket passed by systemd (`SocketActivation.inheritedSocket()`), served
+    /// instead of binding `socketPath`.
+    public var activationSocket: Int32?
 
     public init(stateDirectory: String = "/var/lib/keel", socketPath: String = "/run/keel/keeld.sock", group: String? = nil,
                 jobTimeout: Duration = .seconds(10), eventBufferLimit: Int = 1024,
@@ -73,7 +75,7 @@ public struct Daemon: Sendable {
         let socket = try ControlSocket(path: configuration.socketPath, group: configuration.group)
         // Socket-activated (systemd's keeld.socket owns the socket file, its owner and mode), or
         // keeld binds the socket itself.
-        let inherited = try SocketActivation.inheritedSocket()
+        let inherited = configuration.activationSocket
         if let inherited {
             let path = SocketActivation.path(of: inherited) ?? "?"
             if path != socket.path {
@@ -114,28 +116,20 @@ public struct Daemon: Sendable {
         )
         api.migration = migration
 
-        // Bind with a private umask so the socket is never reachable by others before its mode
-        // is set; restored once the server is listening.
-        let previousMask = inherited == nil ? umask(0o177) : 0
+        let listener = try inherited ?? socket.bind()
+        // The socket file to remove when keeld stops: the one it bound, unless replaced meanwhile.
+        let boundInode = inherited == nil ? socket.inode : nil
         let logger = self.logger
-        let boundInode = NIOLockedValueBox<ino_t?>(nil)
-        let server = APIServer(api: api, socket: socket, inherited: inherited, logger: logger) {
+        let server = APIServer(api: api, socket: socket, listener: listener, logger: logger) {
             if let inherited {
                 logger.info("keeld ready", metadata: [
                     "socket": "\(SocketActivation.path(of: inherited) ?? "?")", "activated": "true", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
                 ])
-                return
+            } else {
+                logger.info("keeld ready", metadata: [
+                    "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
+                ])
             }
-            do {
-                try socket.secure()
-            } catch {
-                logger.error("cannot secure the socket", metadata: ["error": "\(error)"])
-            }
-            umask(previousMask)
-            boundInode.withLockedValue { $0 = socket.inode }
-            logger.info("keeld ready", metadata: [
-                "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
-            ])
         }
         var services: [any Service] = [server, ReloadService(holder: holder, logger: logger)]
         if let endpoint {
@@ -149,7 +143,7 @@ public struct Daemon: Sendable {
             logger: logger
         ))
         try await group.run()
-        socket.remove(inode: boundInode.withLockedValue { $0 })
+        socket.remove(inode: boundInode)
         logger.info("keeld stopped; guests keep running")
     }
 

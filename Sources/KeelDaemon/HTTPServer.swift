@@ -124,25 +124,28 @@ struct RouteTable: Sendable {
 ///
 /// Queries are answered on the event loop that read them; jobs run as tasks and their answers
 /// are written back on that loop. Keep-alive and pipelined requests are answered in order.
-/// Every request's peer is checked (`SO_PEERCRED`, once per connection) before it is routed.
-/// On graceful shutdown the socket stops accepting, requests in progress finish, and idle
-/// connections close.
+/// A connection's peer is checked (`SO_PEERCRED`) when it connects; a refused peer's first
+/// request is answered 403 and the connection closed. On graceful shutdown the socket stops
+/// accepting, requests in progress finish (and the jobs behind them), idle connections and event
+/// streams close.
 struct APIServer: Service {
     let api: API
     let socket: ControlSocket
-    /// A listening socket passed by systemd (socket activation), served instead of binding
-    /// `socket.path`.
-    let inherited: Int32?
+    /// The listening socket: bound by `ControlSocket.bind()`, or passed by systemd.
+    let listener: Int32
     let logger: Logger
-    /// Runs once the socket is bound and listening.
+    /// Runs once the server accepts connections.
     let onRunning: @Sendable () -> Void
 
     /// The nice value of the event-loop threads (see `raisePriority`).
     static let loopNice: Int32 = -5
+    /// A connection that sends nothing for this long, while idle or in the middle of a request,
+    /// is closed (one answering a job or streaming events is not).
+    static let readTimeout: TimeAmount = .minutes(5)
 
     func run() async throws {
         let connections = ConnectionRegistry()
-        let core = APIServerCore(api: api, socket: socket, logger: logger)
+        let core = APIServerCore(api: api, socket: socket, logger: logger, connections: connections)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         do {
             for loop in group.makeIterator() {
@@ -150,20 +153,22 @@ struct APIServer: Service {
                     logger.debug("the API's threads keep their priority", metadata: ["error": "\(error)"])
                 }
             }
-            let bootstrap = ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 256)
+            let server = try await ServerBootstrap(group: group)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: Self.readTimeout))
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                         try channel.pipeline.syncOperations.addHandler(APIConnectionHandler(core: core))
                         connections.add(channel)
                     }
                 }
-            let server = try await (inherited.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(unixDomainSocketPath: socket.path)).get()
+                .withBoundSocket(listener)
+                .get()
             onRunning()
-            try await withGracefulShutdownHandler {
+            // Stops accepting on SIGTERM, and also when the service group is cancelled.
+            try await withTaskCancellationOrGracefulShutdownHandler {
                 try await server.closeFuture.get()
-            } onGracefulShutdown: {
+            } onCancelOrGracefulShutdown: {
                 server.close(promise: nil)
             }
             await connections.drain()
@@ -179,8 +184,10 @@ extension APIServer {
     /// Gives the calling thread (an event loop of the API) a higher priority, so that queries
     /// are answered while jobs, QEMU and its guests keep the CPUs busy: measured with 20 guests
     /// and 200 requests in flight of which a quarter are suspend/resume jobs, dominfo's p99 is
-    /// several times lower. Queries are short; under CFS nice -5 weighs three times nice 0, a
-    /// share, not a monopoly, so guests are not starved by a flood of queries.
+    /// several times lower (BENCHMARKS.md, "Daemon under load", third round). Queries are
+    /// short; under CFS nice -5 weighs three times nice 0, a share, not a monopoly, so guests are
+    /// not starved by a flood of queries. (Nice weighs threads within one cgroup: against guests
+    /// in a cgroup of their own, the cgroups' weights decide.)
     ///
     /// `SCHED_RESET_ON_FORK` keeps the raise to this thread: a thread or process created from it
     /// starts at nice 0, so no QEMU and no worker thread inherits it.
@@ -201,6 +208,7 @@ struct APIServerCore: Sendable {
     let api: API
     let socket: ControlSocket
     let logger: Logger
+    let connections: ConnectionRegistry
     let routes = API.routes
 
     /// The API's JSON answer for any error a handler threw.
@@ -230,31 +238,75 @@ struct APIServerCore: Sendable {
     }
 }
 
-/// The server's open connections, so that a graceful shutdown can close them once idle.
+/// The server's open connections and the tasks answering them, so that a graceful shutdown
+/// can close the connections once idle and wait for the tasks before the event loops stop.
 final class ConnectionRegistry: Sendable {
-    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var draining = false
+        var tasks = 0
+        var idle: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
 
     func add(_ channel: any Channel) {
         let id = ObjectIdentifier(channel)
-        channels.withLockedValue { $0[id] = channel }
-        channel.closeFuture.whenComplete { [channels] _ in
-            _ = channels.withLockedValue { $0.removeValue(forKey: id) }
+        let draining = state.withLockedValue { state in
+            state.channels[id] = channel
+            return state.draining
         }
+        channel.closeFuture.whenComplete { [state] _ in
+            _ = state.withLockedValue { $0.channels.removeValue(forKey: id) }
+        }
+        if draining { channel.close(promise: nil) }
     }
 
-    /// Asks every connection to close once its request in progress is answered, and waits.
-    func drain() async {
-        let open = channels.withLockedValue { Array($0.values) }
-        for channel in open {
-            channel.pipeline.fireUserInboundEventTriggered(APIConnectionHandler.Drain())
+    /// A task answering a request starts; `taskEnded` when it has handed its answer to the loop.
+    func taskStarted() {
+        state.withLockedValue { $0.tasks += 1 }
+    }
+
+    func taskEnded() {
+        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+            state.tasks -= 1
+            guard state.tasks == 0 else { return [] }
+            defer { state.idle = [] }
+            return state.idle
         }
-        for channel in open {
-            try? await channel.closeFuture.get()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Asks every connection to close once its request in progress is answered (connections
+    /// accepted while this runs close at once), waits for them, then for every task.
+    func drain() async {
+        var asked = Set<ObjectIdentifier>()
+        while true {
+            let open = state.withLockedValue { state -> [(ObjectIdentifier, any Channel)] in
+                state.draining = true
+                return state.channels.filter { !asked.contains($0.key) }.map { ($0.key, $0.value) }
+            }
+            if open.isEmpty { break }
+            for (id, channel) in open {
+                asked.insert(id)
+                channel.pipeline.fireUserInboundEventTriggered(APIConnectionHandler.Drain())
+            }
+            for (_, channel) in open {
+                try? await channel.closeFuture.get()
+            }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLockedValue { state -> Bool in
+                if state.tasks == 0 { return true }
+                state.idle.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
         }
     }
 }
 
-/// One connection: collects each request, checks the peer, routes, answers.
+/// One connection: collects each request, routes it, answers.
 final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -262,20 +314,24 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     /// The user event that asks the connection to close once idle.
     struct Drain: Sendable {}
 
-    /// Whether the peer may use the API; its credentials are fixed when it connects, so this
-    /// is decided once per connection.
+    private enum State {
+        case idle
+        case receiving(HTTPRequestHead, ByteBuffer)
+        /// A request is being answered (by the loop or a task).
+        case responding
+        /// A streamed answer is being written.
+        case streaming
+        /// The connection closes: whatever else arrives is dropped (also requests pipelined
+        /// behind one answered with `connection: close`).
+        case closing
+    }
+
+    /// Whether the peer may use the API; its credentials are fixed when it connects, so this is
+    /// decided then, once.
     private enum PeerVerdict {
         case unknown
         case allowed
         case refused(APIError)
-    }
-
-    private enum State {
-        case idle
-        case receiving(HTTPRequestHead, ByteBuffer)
-        /// The request was refused before its body was read; the rest of it is dropped.
-        case discarding
-        case responding
     }
 
     private let core: APIServerCore
@@ -292,7 +348,7 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { readCredentials(context) }
+        if context.channel.isActive { judgePeer(context) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -300,28 +356,46 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        readCredentials(context)
+        judgePeer(context)
         context.fireChannelActive()
     }
 
-    private func readCredentials(_ context: ChannelHandlerContext) {
+    /// Reads the peer's credentials (`SO_PEERCRED`, fixed at connect) and decides; on the loop
+    /// NIO reads them at once, so the verdict is known before any request is read.
+    private func judgePeer(_ context: ChannelHandlerContext) {
         guard credentials == nil else { return }
         // `struct ucred { pid_t pid; uid_t uid; gid_t gid; }` (Linux); Glibc only declares it
         // under _GNU_SOURCE, and a tuple has the same C layout.
+        let future: EventLoopFuture<(pid: pid_t, uid: uid_t, gid: gid_t)>
         if let provider = context.channel as? any SocketOptionProvider {
-            credentials = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            future = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
         } else {
-            credentials = context.eventLoop.makeFailedFuture(APIError(status: .forbidden, code: "forbidden", message: "peer credentials are not available on this connection"))
+            future = context.eventLoop.makeFailedFuture(APIError(status: .forbidden, code: "forbidden", message: "peer credentials are not available on this connection"))
+        }
+        credentials = future
+        future.assumeIsolated().whenComplete { [self] result in
+            if case .unknown = verdict {
+                verdict = core.refusal(of: result.map { $0 }).map(PeerVerdict.refused) ?? .allowed
+            }
         }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is Drain {
-            // A request being answered finishes first; a connection idle or still sending its
-            // request closes now.
+            // A request being answered finishes first; a connection idle, still sending its
+            // request or following events closes now.
             draining = true
-            if case .responding = state { return }
-            context.close(promise: nil)
+            switch state {
+            case .responding, .closing: return
+            case .idle, .receiving, .streaming: context.close(promise: nil)
+            }
+            return
+        }
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            switch state {
+            case .idle, .receiving: context.close(promise: nil)
+            case .responding, .streaming, .closing: break
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -330,13 +404,19 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            guard case .idle = state else { return }
+            if case .refused(let error) = verdict {
+                refuse(context, head, error)
+                return
+            }
             let limit = JSONBody.maximumRequestSize
             if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > limit {
-                refuseBody(context, head, JSONBody.tooLarge("request body of \(length) bytes exceeds the limit of \(limit) bytes"))
+                refuse(context, head, JSONBody.tooLarge("request body of \(length) bytes exceeds the limit of \(limit) bytes"))
                 return
             }
             state = .receiving(head, context.channel.allocator.buffer(capacity: 0))
-            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            if head.version.minor >= 1, case .allowed = verdict,
+               head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
                 // curl asks before sending a body over 1 KiB, and waits a second for the answer.
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
             }
@@ -344,7 +424,7 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
             guard case .receiving(let head, var body) = state else { return }
             let limit = JSONBody.maximumRequestSize
             if body.readableBytes + chunk.readableBytes > limit {
-                refuseBody(context, head, JSONBody.tooLarge("request body exceeds the limit of \(limit) bytes"))
+                refuse(context, head, JSONBody.tooLarge("request body exceeds the limit of \(limit) bytes"))
                 return
             }
             state = .responding  // drops the state's reference, so the append does not copy
@@ -353,19 +433,11 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .end:
             guard case .receiving(let head, let body) = state else { return }
             state = .responding
-            if credentials == nil { readCredentials(context) }
-            credentials?.assumeIsolated().whenComplete { [self] result in
-                if case .unknown = verdict {
-                    verdict = core.refusal(of: result.map { $0 }).map(PeerVerdict.refused) ?? .allowed
-                }
-                guard let context = self.context else { return }
-                if case .refused(let error) = verdict {
-                    let (path, _) = Self.split(head.uri)
-                    finish(context, core.errorResponse(error, method: head.method, path: path), keepAlive: head.isKeepAlive)
-                } else {
-                    dispatch(context, head, body)
-                }
-            }
+            // Answered in a turn of its own: writing an answer's end makes NIO's pipelining
+            // handler deliver the next pipelined request at once, and answering that one inside
+            // this call would nest one call per request in the batch.
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute { handler.value.answer(head, body) }
         }
     }
 
@@ -373,14 +445,33 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
         context.close(promise: nil)
     }
 
-    /// Answers an oversized request at once and closes the connection shortly after: the rest
-    /// of the body is never used, and a client still sending must not wait for a reader.
-    private func refuseBody(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ error: APIError) {
-        state = .discarding
+    /// Answers at once and closes the connection shortly after: a refused peer's request, or
+    /// an oversized one whose body is never used (a client still sending it must not wait for
+    /// a reader). Everything else on the connection is dropped.
+    private func refuse(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ error: APIError) {
+        state = .closing
         let (path, _) = Self.split(head.uri)
-        write(context, core.errorResponse(error, method: head.method, path: path), keepAlive: false)
+        let response = core.errorResponse(error, method: head.method, path: path)
+        guard case .bytes(let body) = response.body else { return }
+        writeHead(context, response, contentLength: body.readableBytes, keepAlive: false)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         let channel = context.channel
         channel.eventLoop.scheduleTask(in: .milliseconds(100)) { channel.close(promise: nil) }
+    }
+
+    private func answer(_ head: HTTPRequestHead, _ body: ByteBuffer) {
+        guard let context else { return }
+        switch verdict {
+        case .allowed:
+            dispatch(context, head, body)
+        case .refused(let error):
+            refuse(context, head, error)
+        case .unknown:
+            // Not seen (NIO reads the credentials on the loop at once); decided when they come.
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            credentials?.assumeIsolated().whenComplete { _ in handler.value.answer(head, body) }
+        }
     }
 
     private func dispatch(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer) {
@@ -416,7 +507,9 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
                 let core = self.core
                 let loop = context.eventLoop
                 let handler = NIOLoopBound(self, eventLoop: loop)
+                core.connections.taskStarted()
                 Task {
+                    defer { core.connections.taskEnded() }
                     let response: APIResponse
                     do {
                         response = try await body(core.api, request)
@@ -437,44 +530,50 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     private func finish(_ context: ChannelHandlerContext, _ response: APIResponse, keepAlive: Bool) {
         let keepAlive = keepAlive && !draining
         switch response.body {
-        case .bytes:
-            write(context, response, keepAlive: keepAlive)
-            completed(context, keepAlive: keepAlive)
+        case .bytes(let body):
+            writeHead(context, response, contentLength: body.readableBytes, keepAlive: keepAlive)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            end(context, keepAlive: keepAlive)
         case .stream(let produce):
-            var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: response.headers)
-            if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
-            context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
+            state = .streaming
+            writeHead(context, response, contentLength: nil, keepAlive: keepAlive)
+            context.flush()
             let writer = APIStreamWriter(channel: context.channel)
             let loop = context.eventLoop
             let handler = NIOLoopBound(self, eventLoop: loop)
+            let connections = core.connections
+            connections.taskStarted()
             Task {
+                defer { connections.taskEnded() }
                 try? await produce(writer)
                 loop.execute {
                     let handler = handler.value
-                    guard let context = handler.context else { return }
-                    context.writeAndFlush(handler.wrapOutboundOut(.end(nil)), promise: nil)
-                    handler.completed(context, keepAlive: keepAlive && !handler.draining)
+                    guard let context = handler.context, case .streaming = handler.state else { return }
+                    handler.end(context, keepAlive: keepAlive && !handler.draining)
                 }
             }
         }
     }
 
-    private func completed(_ context: ChannelHandlerContext, keepAlive: Bool) {
+    /// Ends the response. The state changes first: writing the end lets NIO's pipelining
+    /// handler deliver the next request at once, which must find the connection idle — or
+    /// closing, when this response said so.
+    private func end(_ context: ChannelHandlerContext, keepAlive: Bool) {
         if keepAlive {
             state = .idle
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
-            context.close(promise: nil)
+            state = .closing
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
-    private func write(_ context: ChannelHandlerContext, _ response: APIResponse, keepAlive: Bool) {
-        guard case .bytes(let body) = response.body else { return }
+    private func writeHead(_ context: ChannelHandlerContext, _ response: APIResponse, contentLength: Int?, keepAlive: Bool) {
         var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: response.headers)
-        head.headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
+        if let contentLength { head.headers.replaceOrAdd(name: "content-length", value: String(contentLength)) }
         if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
     /// The path and the query parameters of a request target.

@@ -43,6 +43,8 @@ struct KeelD: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Before anything else reads the environment: socket activation's variables are removed.
+        let activation = Result { try SocketActivation.inheritedSocket() }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -50,13 +52,14 @@ struct KeelD: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "keeld")
-        let configuration = DaemonConfiguration(
+        var configuration = DaemonConfiguration(
             stateDirectory: stateDirectory, socketPath: socketPath, group: group,
             jobTimeout: .milliseconds(Int64((jobTimeout * 1000).rounded())), eventBufferLimit: eventBuffer,
             listen: listen, tlsDirectory: tlsDir, insecure: insecure,
             migrationVersions: migrationProtocol.map { [$0] } ?? [2, 1], testHolds: testHold
         )
         do {
+            configuration.activationSocket = try activation.get()
             try await Daemon(configuration: configuration, logger: logger).run()
         } catch {
             logger.critical("keeld cannot run", metadata: ["error": "\(error)"])

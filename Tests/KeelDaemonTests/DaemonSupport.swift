@@ -109,6 +109,24 @@ enum UnixHTTP {
         return Response(status: status, headers: headers, body: body)
     }
 
+    /// Every response in `data`, one after another (pipelined); each must carry Content-Length.
+    static func parseAll(_ data: Data) throws -> [Response] {
+        var responses: [Response] = []
+        var rest = data[...]
+        let separator = Data("\r\n\r\n".utf8)
+        while !rest.isEmpty {
+            guard let end = rest.range(of: separator) else { throw Failure(description: "no HTTP header in the last \(rest.count) bytes") }
+            let head = String(decoding: rest[rest.startIndex..<end.lowerBound], as: UTF8.self).lowercased()
+            guard let line = head.components(separatedBy: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
+                  let length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces))
+            else { throw Failure(description: "a pipelined response without Content-Length: \(head)") }
+            let stop = rest.index(end.upperBound, offsetBy: length, limitedBy: rest.endIndex) ?? rest.endIndex
+            responses.append(try parse(Data(rest[rest.startIndex..<stop])))
+            rest = rest[stop...]
+        }
+        return responses
+    }
+
     static func dechunk(_ data: Data) throws -> Data {
         var out = Data()
         var rest = data[...]

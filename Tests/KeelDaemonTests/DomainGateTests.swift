@@ -42,7 +42,17 @@ struct DomainGateTests {
     func arrivalOrder() async throws {
         let gate = DomainGate(name: "g", pollInterval: .milliseconds(1))
         let order = OrderLog()
-        let holder = Task { try await gate.run("save", timeout: .seconds(5)) { try await Task.sleep(for: .milliseconds(300)) } }
+        // The holder leaves once all eight have arrived and the four impatient ones gave up (not
+        // after a fixed time, which a loaded machine could outlast while the eight arrive).
+        let holder = Task {
+            try await gate.run("save", timeout: .seconds(5)) {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline {
+                    if await gate.arrivals >= 9, await gate.waiting <= 4 { break }
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+        }
         try await Task.sleep(for: .milliseconds(30))
         var waiters: [Task<Void, any Error>] = []
         for index in 0..<8 {
