@@ -187,6 +187,7 @@ public enum SocketActivation {
         guard let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(),
               let count = getenv("LISTEN_FDS").flatMap({ Int(String(cString: $0)) })
         else { return nil }
+        if count == 0 { return nil }  // nothing passed: keeld binds its socket itself
         guard count == 1 else {
             throw QEMUError(.invalidArgument, "socket activation passed \(count) sockets; keeld serves exactly one (ListenStream= once in keeld.socket)")
         }
