@@ -119,6 +119,7 @@ public struct Daemon: Sendable {
         let listener = try inherited ?? socket.bind()
         // The socket file to remove when keeld stops: the one it bound, unless replaced meanwhile.
         let boundInode = inherited == nil ? socket.inode : nil
+        defer { socket.remove(inode: boundInode) }
         let logger = self.logger
         let server = APIServer(api: api, socket: socket, listener: listener, logger: logger) {
             if let inherited {
@@ -143,7 +144,6 @@ public struct Daemon: Sendable {
             logger: logger
         ))
         try await group.run()
-        socket.remove(inode: boundInode)
         logger.info("keeld stopped; guests keep running")
     }
 

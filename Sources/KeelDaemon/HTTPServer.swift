@@ -341,6 +341,16 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     private var credentials: EventLoopFuture<(pid: pid_t, uid: uid_t, gid: gid_t)>?
     private var verdict = PeerVerdict.unknown
     private var draining = false
+    /// A request read while the connection could not take more output: answered once it can,
+    /// so that a client that pipelines and never reads cannot make keeld queue answers without
+    /// bound (NIO's pipelining handler reads no further meanwhile).
+    private var held: (HTTPRequestHead, ByteBuffer)?
+    /// The write of the last response's end, to close after it when the connection drains.
+    private var lastEnd: EventLoopFuture<Void>?
+
+    /// How long a connection that is closing may take to hand over what it was sent (a client
+    /// that stopped reading a large answer, or is still sending a refused body).
+    static let closeGrace: TimeAmount = .seconds(5)
 
     init(core: APIServerCore) {
         self.core = core
@@ -382,23 +392,51 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is Drain {
-            // A request being answered finishes first; a connection idle, still sending its
-            // request or following events closes now.
+            // A request being answered finishes first; a connection still sending its request,
+            // following events or holding an unanswered request closes now; one that is idle or
+            // closing closes once its last answer is out, or after a grace.
             draining = true
             switch state {
-            case .responding, .closing: return
-            case .idle, .receiving, .streaming: context.close(promise: nil)
+            case .responding where held == nil:
+                return
+            case .responding, .receiving, .streaming:
+                context.close(promise: nil)
+            case .idle:
+                let channel = context.channel
+                if let lastEnd {
+                    lastEnd.whenComplete { _ in channel.close(promise: nil) }
+                    closeAfterGrace(channel)
+                } else {
+                    channel.close(promise: nil)
+                }
+            case .closing:
+                closeAfterGrace(context.channel)
             }
             return
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            // Nothing read for minutes: a connection waiting for a request, stuck in one, or
+            // closing goes; one whose job or event stream is still answering stays.
             switch state {
-            case .idle, .receiving: context.close(promise: nil)
-            case .responding, .streaming, .closing: break
+            case .idle, .receiving, .closing: context.close(promise: nil)
+            case .responding, .streaming: break
             }
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let (head, body) = held {
+            held = nil
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute { handler.value.answer(head, body) }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func closeAfterGrace(_ channel: any Channel) {
+        channel.eventLoop.scheduleTask(in: Self.closeGrace) { channel.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -433,6 +471,10 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .end:
             guard case .receiving(let head, let body) = state else { return }
             state = .responding
+            guard context.channel.isWritable else {
+                held = (head, body)
+                return
+            }
             // Answered in a turn of its own: writing an answer's end makes NIO's pipelining
             // handler deliver the next pipelined request at once, and answering that one inside
             // this call would nest one call per request in the batch.
@@ -455,9 +497,12 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
         guard case .bytes(let body) = response.body else { return }
         writeHead(context, response, contentLength: body.readableBytes, keepAlive: false)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        // Half-closed once the answer is out: a client still sending its body can finish and
+        // read the answer (a full close would fail its writes with EPIPE first); whatever it
+        // sends is read and dropped until it closes, or the grace ends.
         let channel = context.channel
-        channel.eventLoop.scheduleTask(in: .milliseconds(100)) { channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(mode: .output, promise: nil) }
+        closeAfterGrace(channel)
     }
 
     private func answer(_ head: HTTPRequestHead, _ body: ByteBuffer) {
@@ -561,11 +606,12 @@ final class APIConnectionHandler: ChannelInboundHandler, RemovableChannelHandler
     private func end(_ context: ChannelHandlerContext, keepAlive: Bool) {
         if keepAlive {
             state = .idle
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            lastEnd = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         } else {
             state = .closing
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            if draining { closeAfterGrace(channel) }
         }
     }
 

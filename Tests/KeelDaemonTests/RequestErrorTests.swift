@@ -140,6 +140,39 @@ struct RequestErrorTests {
         }
     }
 
+    @Test("a client that pipelines without reading: keeld stops reading it instead of queueing answers, and a graceful stop does not wait for it")
+    func clientThatNeverReads() async throws {
+        try await Keeld.with { keeld in
+            guard let pid = keeld.pid else { Issue.record("keeld has no pid"); return }
+            func rssMiB() -> Int {
+                let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+                return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+            }
+            let before = rssMiB()
+            // Up to 40 MB of pipelined requests for the 80 KB OpenAPI document (about 70 GB of
+            // answers if all were queued), never reading; sends stop when keeld stops reading
+            // (SO_SNDTIMEO 5 s).
+            let fd = try UnixHTTP.connect(keeld.socket, timeout: 5)
+            defer { close(fd) }
+            let batch = Array(String(repeating: "GET /openapi.json HTTP/1.1\r\nHost: keeld\r\n\r\n", count: 1000).utf8)
+            var sent = 0
+            while sent < 40_000_000 {
+                let count = batch.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if count <= 0 { break }
+                sent += count
+            }
+            let after = rssMiB()
+            #expect(sent < 40_000_000, "keeld kept reading \(sent) bytes of requests while their answers went unread")
+            #expect(after - before < 64, "keeld grew from \(before) to \(after) MiB")
+            #expect(try keeld.get("/v1/domains").status == 200, "other clients are served meanwhile")
+            // The stuck connection holds an unanswered request: a graceful stop closes it.
+            let started = Date()
+            #expect(keeld.stop(SIGTERM, timeout: 30) == 0, "\(keeld.log().suffix(2000))")
+            #expect(Date().timeIntervalSince(started) < 15, "the stop waited for the client")
+        }
+    }
+
     @Test("the socket is root-only (0600); a non-root peer cannot connect, and is refused by its credentials even through a loosened socket")
     func socketAccess() async throws {
         try await Keeld.with { keeld in
