@@ -4,7 +4,6 @@ import KeelDomain
 import KeelQEMU
 import KeelSaveImage
 import Logging
-import NIOCore
 
 /// The HTTP/JSON API: every endpoint of `docs/api/openapi.json`, on top of the driver.
 ///
@@ -228,7 +227,7 @@ struct API: Sendable {
     }
 
     func info(_ name: String) throws -> APIResponse {
-        APIResponse(status: .ok, headers: ["content-type": "application/json"], body: .bytes(ByteBuffer(bytes: try info(name, driver: driver).json)))
+        JSONBody.response(json: try info(name, driver: driver).json)
     }
 
     func info(_ name: String, driver: Driver) throws -> APIModels.DomainInfo {

@@ -121,16 +121,16 @@ public struct Daemon: Sendable {
         let boundInode = inherited == nil ? socket.inode : nil
         defer { socket.remove(inode: boundInode) }
         let logger = self.logger
-        let server = APIServer(api: api, socket: socket, listener: listener, logger: logger) {
-            if let inherited {
-                logger.info("keeld ready", metadata: [
-                    "socket": "\(SocketActivation.path(of: inherited) ?? "?")", "activated": "true", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
-                ])
-            } else {
-                logger.info("keeld ready", metadata: [
-                    "socket": "\(socket.path)", "mode": "\(String(socket.mode, radix: 8))", "state": "\(holder.stateDirectory)", "pid": "\(getpid())",
-                ])
-            }
+        var ready: Logger.Metadata = ["state": "\(holder.stateDirectory)", "pid": "\(getpid())"]
+        if let inherited {
+            ready["socket"] = "\(SocketActivation.path(of: inherited) ?? "?")"
+            ready["activated"] = "true"
+        } else {
+            ready["socket"] = "\(socket.path)"
+            ready["mode"] = "\(String(socket.mode, radix: 8))"
+        }
+        let server = APIServer(api: api, socket: socket, listener: listener, logger: logger) { [ready] in
+            logger.info("keeld ready", metadata: ready)
         }
         var services: [any Service] = [server, ReloadService(holder: holder, logger: logger)]
         if let endpoint {

@@ -38,7 +38,12 @@ enum JSONBody {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var data = try encoder.encode(value)
         data.append(UInt8(ascii: "\n"))
-        return APIResponse(status: status, headers: ["content-type": "application/json"], body: .bytes(ByteBuffer(bytes: data)))
+        return Self.response(json: data, status: status)
+    }
+
+    /// A response with JSON already encoded.
+    static func response<Bytes: Sequence<UInt8>>(json bytes: Bytes, status: HTTPResponseStatus = .ok) -> APIResponse {
+        APIResponse(status: status, headers: ["content-type": "application/json"], body: .bytes(ByteBuffer(bytes: bytes)))
     }
 
     /// A response with a text body.
