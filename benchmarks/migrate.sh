@@ -83,37 +83,8 @@ for side in a b; do
     keel "$side" list >/dev/null || { echo "keeld $side does not answer:" >&2; cat "$work/$side/keeld.log" >&2; exit 1; }
 done
 
-cat >"$work/domain.xml" <<EOF
-<domain type='qemu'>
-  <name>$name</name>
-  <memory unit='MiB'>$memory</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$guest</kernel>
-    <cmdline>fill=$fill</cmdline>
-  </os>
-  <cpu mode='custom' match='exact' check='partial'>
-    <model fallback='forbid'>qemu64</model>
-  </cpu>
-  <devices>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='$work/keel.serial' append='on'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
-
-wait_filled() { # SERIAL
-    for _ in $(seq 1200); do
-        grep -q '^FILLED' "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "the guest did not print FILLED into $1" >&2
-    return 1
-}
+. "$repository/benchmarks/fill-guest.sh"
+fill_guest_xml "$name" "$memory" "$fill" "$work/keel.serial" >"$work/domain.xml"
 
 # Rewrites a keel QEMU command line (NUL-separated) for raw slot SIDE: Keel's state directory
 # becomes the slot's, the serial file raw.serial; -daemonize/-pidfile dropped (raw_qemu.py

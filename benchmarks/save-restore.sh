@@ -51,42 +51,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-domain_xml() { # NAME SERIAL
-    cat <<EOF
-<domain type='qemu'>
-  <name>$1</name>
-  <memory unit='MiB'>512</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$repository/guest/keel-guest.elf</kernel>
-    <cmdline>fill=$fill</cmdline>
-  </os>
-  <features>
-    <acpi/>
-  </features>
-  <cpu mode='custom' match='exact' check='partial'>
-    <model fallback='forbid'>qemu64</model>
-  </cpu>
-  <devices>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='$2' append='on'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
-}
-
-wait_filled() { # SERIAL
-    for _ in $(seq 1200); do
-        grep -q '^FILLED' "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "the guest did not print FILLED into $1" >&2
-    return 1
-}
+. "$repository/benchmarks/fill-guest.sh"
 
 drop_caches_ok=1
 settle() {
@@ -144,8 +109,8 @@ EOF
 keel_pid() { keel dominfo --json "$name" | python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])'; }
 
 echo "# setup: $rounds rounds, 512 MiB TCG guests with fill=$fill, images in $work"
-domain_xml "$name" "$work/keel.serial" >"$work/keel.xml"
-domain_xml "$lv_name" "$work/libvirt.serial" >"$work/libvirt.xml"
+fill_guest_xml "$name" 512 "$fill" "$work/keel.serial" acpi >"$work/keel.xml"
+fill_guest_xml "$lv_name" 512 "$fill" "$work/libvirt.serial" acpi >"$work/libvirt.xml"
 
 # Warm-up, untimed: boot and fill each guest once, record Keel's command lines, write the images.
 keel define "$work/keel.xml" >/dev/null
